@@ -1,0 +1,38 @@
+"""The ``reslim`` command: one typer app; each topic registers its commands in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="reslim",
+    help="Large-scale limits of residual-network training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class UsageError(Exception):
+    """Bad user input: printed as one line, exit code 2, nothing written."""
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def run_app(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except (UsageError, ValueError) as err:  # pragma: no cover - safety net
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+@app.callback()
+def _root() -> None:
+    """reslim: finite ResNets of any shape, their limits, distances, rates and reports."""

@@ -1,0 +1,250 @@
+"""Training: full-batch GD (the papers' protocol), minibatch SGD and Adam, with each
+parameterization's per-role learning rates, on a batch of networks at once.
+
+Risk: ``R = 1/(2 N c) sum_n ||y_n - Y_n||^2`` with ``c = 1`` (``loss="sum"``, the paper's
+linear runs) or ``c = d_out`` (``loss="mean"``, its nonlinear runs). Role ``r`` trains with
+learning rate ``lr * lr_r(shape)``; ``lr`` may be one number or one per network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..models.resnet import BlockUpdate, ResNet, derive_seed, standard_normal
+from ..scaling.parameterization import optimizer_family
+from .data import Dataset
+from .trajectory import RECORDABLE, Trajectory
+
+OPTIMIZERS = ("gd", "sgd", "adam")
+LOSSES = ("sum", "mean")
+
+
+class _SGDUpdate(BlockUpdate):
+    """``w <- w - lr_r * grad`` fused into one in-place ``baddbmm`` per layer."""
+
+    def __init__(self, model: ResNet, lrs: dict[str, torch.Tensor | float],
+                 mirrors: dict[str, torch.Tensor] | None = None) -> None:
+        self.model, self.lrs, self.mirrors = model, lrs, mirrors or {}
+        self.tensors = model.role_tensors()
+
+    def apply(self, role, layer, left, right, scale):
+        param = self.tensors[role] if layer is None else self.tensors[role][layer]
+        lr = self.lrs[role]
+        if isinstance(lr, torch.Tensor):
+            left = left * (-scale * lr).view(-1, 1, 1)
+            coef = 1.0
+        else:
+            coef = -scale * lr
+        mirror = self.mirrors.get(role)
+        if mirror is not None:
+            delta = torch.matmul(left, right).mul_(coef)
+            param.add_(delta)
+            mirror[layer].add_(delta)
+        elif right.dim() == 2:
+            param.add_(torch.matmul(left, right), alpha=coef)
+        else:
+            param.baddbmm_(left, right, alpha=coef)
+
+
+class _AdamUpdate(BlockUpdate):
+    """Adam (Kingma & Ba) with bias correction, per role and per layer, in place."""
+
+    def __init__(self, model: ResNet, lrs: dict[str, torch.Tensor | float], betas=(0.9, 0.999),
+                 eps: float = 1e-8, mirrors: dict[str, torch.Tensor] | None = None) -> None:
+        self.model, self.lrs, self.mirrors = model, lrs, mirrors or {}
+        self.tensors = model.role_tensors()
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.state = {r: (torch.zeros_like(self.tensors[r]), torch.zeros_like(self.tensors[r]))
+                      for r in model.trainable_roles()}
+        self.t = 0
+
+    def step_begin(self) -> None:
+        self.t += 1
+
+    def apply(self, role, layer, left, right, scale):
+        grad = torch.matmul(left, right).mul_(scale)
+        m, v = self.state[role]
+        param = self.tensors[role]
+        if layer is not None:
+            m, v, param = m[layer], v[layer], param[layer]
+        m.mul_(self.b1).add_(grad, alpha=1 - self.b1)
+        v.mul_(self.b2).addcmul_(grad, grad, value=1 - self.b2)
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        denom = (v / c2).sqrt_().add_(self.eps)
+        lr = self.lrs[role]
+        if isinstance(lr, torch.Tensor):
+            delta = (m / denom).mul_((-lr / c1).view(-1, 1, 1))
+        else:
+            delta = (m / denom).mul_(-lr / c1)
+        param.add_(delta)
+        mirror = self.mirrors.get(role)
+        if mirror is not None:
+            mirror[layer].add_(delta)
+
+
+def loss_and_grad(y: torch.Tensor, Yt: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Risk per network (B,) and ``dR/dy`` (B, d_out, N) for outputs ``y`` (B, d_out, N)."""
+    N, d_out = y.shape[-1], y.shape[-2]
+    c = N * (d_out if loss == "mean" else 1)
+    r = y - Yt
+    return 0.5 * r.square().sum(dim=(-1, -2)) / c, r / c
+
+
+def gia_backward_weights(model: ResNet) -> dict[str, torch.Tensor]:
+    """Independently initialised copies of every block weight (same law, other seeds)."""
+    L, M, D = model.shape.as_tuple()
+    out = {}
+    for i, role in enumerate(model.block_roles):
+        cols = M if role in ("U", "V") else D
+        draws = [standard_normal(derive_seed(s, 100 + i), L, D, cols) for s in model.seeds]
+        t = torch.stack(draws, dim=1) * model.scales[role].init_std
+        out[role] = t.to(device=model.device, dtype=model.dtype).contiguous()
+    return out
+
+
+def _lr_tensor(lr: float | Sequence[float], model: ResNet) -> float | torch.Tensor:
+    if isinstance(lr, (int, float)):
+        lrs = [float(lr)]
+    else:
+        lrs = [float(v) for v in lr]
+        if len(lrs) != model.batch_size:
+            raise ValueError(f"lr has {len(lrs)} values for {model.batch_size} networks")
+    if not all(np.isfinite(v) and v > 0 for v in lrs):
+        raise ValueError(f"lr must be positive and finite, got {lr!r}")
+    if len(lrs) == 1 or len(set(lrs)) == 1:
+        return lrs[0]
+    return torch.tensor(lrs, dtype=model.dtype, device=model.device)
+
+
+def train(
+    model: ResNet,
+    data: Dataset,
+    *,
+    steps: int,
+    lr: float | Sequence[float] = 1.0,
+    optimizer: str = "gd",
+    loss: str = "sum",
+    batch_size: int | None = None,
+    record: Iterable[str] = ("loss", "outputs", "h_last"),
+    gia: bool = False,
+    data_seed: int = 0,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> Trajectory:
+    """Train ``model`` in place for ``steps`` updates; return the record of steps 0..steps.
+
+    ``optimizer``: ``"gd"`` (full batch), ``"sgd"`` (minibatches of ``batch_size`` drawn
+    without replacement from a generator seeded by ``data_seed``) or ``"adam"`` (full batch,
+    or minibatches when ``batch_size`` is set). ``gia=True`` trains in the
+    gradient-independence mode: the backward pass carries the gradient down through
+    independently initialised copies of the block weights that receive the same updates.
+    Records: any of ``loss, outputs, h_last, hidden, pre, test_loss``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    record = set(record) | {"loss"}
+    unknown = record - set(RECORDABLE) - {"test_loss"}
+    if unknown:
+        raise ValueError(f"cannot record {sorted(unknown)}; choose from {RECORDABLE + ('test_loss',)}")
+    if data.d_in != model.d_in or data.d_out != model.d_out:
+        raise ValueError(f"data has (d_in, d_out) = ({data.d_in}, {data.d_out}), the network "
+                         f"({model.d_in}, {model.d_out})")
+    if batch_size is not None and (batch_size <= 0 or batch_size > data.N):
+        raise ValueError(f"batch_size must be in 1..{data.N}, got {batch_size}")
+    if optimizer == "sgd" and batch_size is None:
+        batch_size = data.N
+
+    family = optimizer_family(optimizer)
+    base_lr = _lr_tensor(lr, model)
+    lrs = {r: base_lr * model.scales[r].lr(family) for r in model.trainable_roles()}
+    mirrors = gia_backward_weights(model) if gia else None
+    if family == "adam":
+        update: BlockUpdate = _AdamUpdate(model, lrs, adam_betas, adam_eps, mirrors)
+    else:
+        update = _SGDUpdate(model, lrs, mirrors)
+
+    X = torch.as_tensor(data.X, dtype=model.dtype, device=model.device)
+    Yt = torch.as_tensor(data.Y, dtype=model.dtype, device=model.device).T
+    full_batch = batch_size is None or batch_size >= data.N
+    rng = np.random.default_rng(data_seed)
+    B = model.batch_size
+    L = model.shape.L
+
+    recs: dict[str, list[np.ndarray]] = {name: [] for name in record}
+    diverged_at = np.full(B, -1, dtype=np.int64)
+
+    def to_np(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float64).numpy()
+
+    def record_step(k: int, cache) -> torch.Tensor:
+        risk, dy = loss_and_grad(cache.y, Yt, loss)
+        bad = ~torch.isfinite(risk).cpu().numpy() & (diverged_at < 0)
+        diverged_at[bad] = k
+        recs["loss"].append(to_np(risk))
+        if "outputs" in record:
+            recs["outputs"].append(to_np(cache.y.mT))
+        if "h_last" in record:
+            recs["h_last"].append(to_np(cache.hidden[-1].mT))
+        if "hidden" in record:
+            recs["hidden"].append(to_np(torch.stack(cache.hidden, 1).mT))
+        if "pre" in record:
+            recs["pre"].append(to_np(torch.stack(cache.pre, 1).mT))
+        if "test_loss" in record:
+            if data.X_test is None:
+                raise ValueError("test_loss was requested but the data has no test split")
+            test_cache = model.forward_cached(torch.as_tensor(data.X_test, dtype=model.dtype,
+                                                              device=model.device))
+            Ytest = torch.as_tensor(data.Y_test, dtype=model.dtype, device=model.device).T
+            recs["test_loss"].append(to_np(loss_and_grad(test_cache.y, Ytest, loss)[0]))
+        return dy
+
+    last = steps
+    for k in range(steps + 1):
+        cache = model.forward_cached(X)
+        dy = record_step(k, cache)
+        if callback is not None:
+            callback(k, torch.as_tensor(recs["loss"][-1]))
+        if k == steps or (diverged_at >= 0).all():
+            last = k
+            break
+        if isinstance(update, _AdamUpdate):
+            update.step_begin()
+        if full_batch:
+            model.backward_update(X, cache, dy, update, mirrors)
+        else:
+            idx = torch.as_tensor(np.sort(rng.choice(data.N, size=batch_size, replace=False)),
+                                  device=model.device)
+            mb_cache = model.forward_cached(X[idx])
+            _, mb_dy = loss_and_grad(mb_cache.y, Yt[:, idx], loss)
+            model.backward_update(X[idx], mb_cache, mb_dy, update, mirrors)
+
+    arrays = {name: np.stack(vals) for name, vals in recs.items()}
+    if last < steps:  # every network diverged: pad the remaining steps with NaN
+        for name, arr in arrays.items():
+            pad = np.full((steps - last, *arr.shape[1:]), np.nan)
+            arrays[name] = np.concatenate([arr, pad])
+    for b in np.flatnonzero(diverged_at >= 0):
+        for arr in arrays.values():
+            arr[diverged_at[b]:, b] = np.nan
+    return Trajectory(
+        loss=arrays["loss"],
+        outputs=arrays.get("outputs"),
+        h_last=arrays.get("h_last"),
+        hidden=arrays.get("hidden"),
+        pre=arrays.get("pre"),
+        test_loss=arrays.get("test_loss"),
+        depth=np.arange(L + 1) / L,
+        diverged_at=diverged_at,
+        meta={"optimizer": optimizer, "loss": loss, "gia": gia, "steps": steps,
+              "shape": model.shape.as_tuple(), "parameterization": model.param.name,
+              "block": model.block, "activation": model.activation.name, "seeds": model.seeds},
+    )

@@ -1,0 +1,13 @@
+"""Entry point of the ``reslim`` command (``reslim --help``)."""
+
+from __future__ import annotations
+
+from ._src.cli import describe  # noqa: F401  (registers commands)
+from ._src.cli.app import app, run_app
+
+
+def main() -> None:
+    run_app()
+
+
+__all__ = ["app", "main"]
