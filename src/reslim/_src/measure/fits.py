@@ -1,0 +1,318 @@
+"""Rate fits with uncertainty: power laws and the additive error models of theory.md §2.3, §3.1.
+
+Errors come either as a 1-D aggregate ``(n,)`` or as per-repetition RMS errors ``(n, R)``. The
+point estimate always uses the aggregate RMS over repetitions, ``sqrt(nanmean_r err[:, r]^2)``
+(the RMS over repetitions of an RMS over equally many coordinates is the overall RMS). Confidence
+intervals come from a bootstrap that resamples whole repetitions with replacement (the same
+draw for every point, since a repetition shares its randomness across shapes), recomputes the
+aggregate and refits; percentile intervals. NaN entries (diverged runs) are dropped, and
+points whose aggregate is not finite and positive (e.g. the reference shape itself, error 0)
+are left out of the fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+__all__ = ["ADDITIVE_TERMS", "AdditiveFit", "PowerLawFit", "fit_additive", "fit_power_law"]
+
+
+# ---------------------------------------------------------------------------- input handling
+def _as_err(err: object, n: int | None, name: str = "err") -> np.ndarray:
+    """``err`` as float (n, R) (R = 1 for a 1-D input); negative entries rejected."""
+    e = np.asarray(err, dtype=np.float64)
+    if e.ndim == 1:
+        e = e[:, None]
+    if e.ndim != 2:
+        raise ValueError(f"{name}: expected shape (n_points,) or (n_points, n_reps), got {e.shape}")
+    if n is not None and e.shape[0] != n:
+        raise ValueError(f"{name}: has {e.shape[0]} points, expected {n}")
+    if np.any(e[np.isfinite(e)] < 0):
+        raise ValueError(f"{name}: errors must be non-negative")
+    return e
+
+
+def _as_positive(x: object, name: str, n: int | None = None) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if n is not None:
+        try:
+            a = np.broadcast_to(a, (n,))
+        except ValueError:
+            raise ValueError(f"{name}: shape {a.shape} does not match {n} points") from None
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a) & (a > 0)):
+        raise ValueError(f"{name}: values must be finite and positive")
+    return a
+
+
+def _aggregate(e2: np.ndarray) -> np.ndarray:
+    """``sqrt(nanmean(e2, axis=-1))``, NaN where every entry is NaN (no warnings)."""
+    ok = np.isfinite(e2)
+    cnt = ok.sum(axis=-1)
+    tot = np.where(ok, e2, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, np.sqrt(tot / np.maximum(cnt, 1)), np.nan)
+
+
+def _check_boot(n_boot: int, ci: float) -> int:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValueError(f"n_boot: must be a non-negative integer, got {n_boot!r}")
+    if not (0.0 < float(ci) < 1.0):
+        raise ValueError(f"ci: must be in (0, 1), got {ci!r}")
+    return int(n_boot)
+
+
+def _percentile_ci(samples: np.ndarray, ci: float) -> tuple[float, float]:
+    s = samples[np.isfinite(samples)]
+    if s.size < 2:
+        return (math.nan, math.nan)
+    q = 100 * (1 - ci) / 2
+    lo, hi = np.percentile(s, [q, 100 - q])
+    return (float(lo), float(hi))
+
+
+# ---------------------------------------------------------------------------- power laws
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``err ~ constant * x ** exponent`` (log-log least squares).
+
+    ``exponent_ci``, ``constant_ci``: confidence intervals at level ``ci`` (bootstrap over
+    repetitions for (n, R) errors with R >= 2, else the Student-t interval of the regression);
+    ``n_points``: points used; ``log_residual_rms``: RMS of ``log err - log fit``.
+    """
+
+    exponent: float
+    constant: float
+    exponent_ci: tuple[float, float]
+    constant_ci: tuple[float, float]
+    n_points: int
+    ci: float = 0.95
+    method: str = "bootstrap"
+    n_reps: int = 1
+    log_residual_rms: float = math.nan
+
+    def predict(self, x: object) -> np.ndarray:
+        """``constant * x ** exponent``."""
+        return self.constant * np.asarray(x, dtype=np.float64) ** self.exponent
+
+
+def _masked_loglog(lx: np.ndarray, ly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of ``ly`` on ``lx`` along the last axis, NaN entries of
+    ``ly`` ignored; NaN where fewer than two distinct ``x`` remain. ``lx (n,)``, ``ly (..., n)``."""
+    m = np.isfinite(ly)
+    w = m.astype(np.float64)
+    cnt = w.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (w * lx).sum(axis=-1) / cnt
+        y0 = np.where(m, ly, 0.0)
+        my = y0.sum(axis=-1) / cnt
+        dx = (lx - mx[..., None]) * w
+        sxx = (dx * dx).sum(axis=-1)
+        sxy = (dx * (y0 - my[..., None])).sum(axis=-1)
+        slope = np.where(sxx > 1e-12, sxy / np.where(sxx > 0, sxx, 1.0), np.nan)
+        intercept = my - slope * mx
+    return slope, intercept
+
+
+def fit_power_law(
+    x: object, err: object, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> PowerLawFit:
+    """Fit ``err = C x^p`` by least squares of ``log err`` on ``log x``.
+
+    ``x (n,)`` positive; ``err (n,)`` or ``(n, R)`` per-repetition RMS errors (NaN = diverged,
+    dropped). Point estimate on the aggregate RMS over repetitions; CI by resampling the
+    ``R`` repetitions ``n_boot`` times (percentile interval), or the t-interval if ``R == 1``.
+    """
+    n_boot = _check_boot(n_boot, ci)
+    xa = _as_positive(x, "x")
+    e = _as_err(err, xa.shape[0])
+    e2 = e * e
+    agg = _aggregate(e2)
+    use = np.isfinite(agg) & (agg > 0)
+    if np.unique(xa[use]).size < 2:
+        raise ValueError("err: need finite positive errors at two or more distinct x")
+    lx = np.log(xa)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ly = np.where(use, np.log(agg), np.nan)
+    slope, icpt = _masked_loglog(lx, ly)
+    slope, icpt = float(slope), float(icpt)
+    resid = ly[use] - (icpt + slope * lx[use])
+    n_pts = int(use.sum())
+    n_reps = int(e.shape[1])
+    res_rms = float(np.sqrt(np.mean(resid**2)))
+    if n_reps >= 2 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n_reps, size=(n_boot, n_reps))
+        boot = _aggregate(e2[:, idx])  # (n, n_boot)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lb = np.where(np.isfinite(boot) & (boot > 0), np.log(boot), np.nan).T  # (n_boot, n)
+        bs, bi = _masked_loglog(lx, lb)
+        p_ci = _percentile_ci(bs, ci)
+        c_ci = tuple(float(np.exp(v)) for v in _percentile_ci(bi, ci))
+        method = "bootstrap over repetitions"
+    elif n_pts > 2:
+        xs = lx[use]
+        sxx = float(np.sum((xs - xs.mean()) ** 2))
+        s2 = float(np.sum(resid**2)) / (n_pts - 2)
+        t = float(stats.t.ppf(0.5 + ci / 2, n_pts - 2))
+        se_p = math.sqrt(s2 / sxx)
+        se_c = math.sqrt(s2 * (1 / n_pts + xs.mean() ** 2 / sxx))
+        p_ci = (slope - t * se_p, slope + t * se_p)
+        c_ci = (math.exp(icpt - t * se_c), math.exp(icpt + t * se_c))
+        method = "t-interval"
+    else:
+        p_ci, c_ci, method = (math.nan, math.nan), (math.nan, math.nan), "none"
+    return PowerLawFit(
+        exponent=slope, constant=math.exp(icpt), exponent_ci=p_ci, constant_ci=c_ci,  # type: ignore[arg-type]
+        n_points=n_pts, ci=float(ci), method=method, n_reps=n_reps, log_residual_rms=res_rms,
+    )
+
+
+# ---------------------------------------------------------------------------- additive models
+ADDITIVE_TERMS: dict[str, tuple[str, str, str]] = {
+    "embedding": ("a^2/L^2", "b^2 D/(L M)", "c^2/D"),
+    "output": ("a^2/L^2", "b^2 (D/(L M))^2", "c^2/D"),
+}
+
+
+def _features(kind: str, L: np.ndarray, M: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """(n, 3) features whose non-negative combination is ``err^2``."""
+    r = D / (L * M)
+    mid = r if kind == "embedding" else r * r
+    return np.stack([1.0 / L**2, mid, 1.0 / D], axis=-1)
+
+
+@dataclass(frozen=True)
+class AdditiveFit:
+    """``err^2 = a^2/L^2 + b^2 D/(L M) + c^2/D`` (``kind="embedding"``) or with ``(D/(L M))^2``
+    (``kind="output"``); ``a, b, c >= 0``.
+
+    ``coefficients``: {"a", "b", "c"}; ``coefficient_ci``: the same keys -> (lo, hi) at level
+    ``ci`` (NaN if no bootstrap); ``n_points``: points used; ``log_residual_rms``: RMS of
+    ``log err^2 - log model``.
+    """
+
+    kind: str
+    coefficients: dict[str, float]
+    coefficient_ci: dict[str, tuple[float, float]]
+    n_points: int
+    ci: float = 0.95
+    method: str = "bootstrap"
+    n_reps: int = 1
+    log_residual_rms: float = math.nan
+
+    @property
+    def terms(self) -> tuple[str, str, str]:
+        """The model's three terms of ``err^2``, as text."""
+        return ADDITIVE_TERMS[self.kind]
+
+    def term_values(self, L: object, M: object, D: object) -> dict[str, np.ndarray]:
+        """Each term's contribution to ``err^2`` at ``(L, M, D)`` (broadcast arrays)."""
+        Lb, Mb, Db = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (L, M, D)))
+        f = _features(self.kind, Lb, Mb, Db)
+        c = self.coefficients
+        th = np.array([c["a"] ** 2, c["b"] ** 2, c["c"] ** 2])
+        return {t: f[..., i] * th[i] for i, t in enumerate(self.terms)}
+
+    def predict(self, L: object, M: object, D: object) -> np.ndarray:
+        """Model error ``sqrt(sum of terms)`` at ``(L, M, D)``."""
+        return np.sqrt(sum(self.term_values(L, M, D).values()))
+
+    def __call__(self, L: object, M: object, D: object) -> np.ndarray:
+        return self.predict(L, M, D)
+
+
+def _fit_nonneg_log(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Minimise ``sum (log(F @ th) - log y)^2`` over ``th >= 0``.
+
+    Start: NNLS on relative residuals ``(F @ th - y) / y`` (the first-order form of the log
+    residual); refine with bounded trust-region least squares in log space. Returns ``th`` and
+    the RMS log residual.
+    """
+    A = F / y[:, None]
+    th0, _ = optimize.nnls(A, np.ones_like(y))
+    if not np.any(th0 > 0):
+        th0 = np.full(F.shape[1], float(np.median(y / F.sum(axis=1))))
+    scale = np.maximum(th0, 1e-6 * th0.max())
+    ly = np.log(y)
+
+    def res(u: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(F @ (u * scale), 1e-300)) - ly
+
+    def jac(u: np.ndarray) -> np.ndarray:
+        return F * scale / np.maximum(F @ (u * scale), 1e-300)[:, None]
+
+    u0 = np.clip(th0 / scale, 1e-9, None)
+    sol = optimize.least_squares(res, u0, jac=jac, bounds=(0.0, np.inf), method="trf",
+                                 xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200)
+    th = sol.x * scale
+    # keep the better of the NNLS start and the refinement (the log objective decides)
+    r0, r1 = res(th0 / scale), res(sol.x)
+    if np.sum(r0 * r0) < np.sum(r1 * r1):
+        th, r1 = th0, r0
+    return th, float(np.sqrt(np.mean(r1 * r1)))
+
+
+def fit_additive(
+    L: object,
+    M: object,
+    D: object,
+    err: object,
+    kind: str = "embedding",
+    n_boot: int = 200,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> AdditiveFit:
+    """Fit the additive error model of ``kind`` with non-negative coefficients.
+
+    ``L, M, D (n,)`` (scalars broadcast); ``err (n,)`` or ``(n, R)`` per-repetition RMS
+    errors. Objective: least squares of ``log model - log err^2`` over ``a^2, b^2, c^2 >= 0``
+    (NNLS start on relative residuals, bounded trust-region refinement). CIs: bootstrap over
+    the ``R`` repetitions, or over points (case resampling) when ``R == 1``.
+    """
+    if kind not in ADDITIVE_TERMS:
+        raise ValueError(f"kind: must be 'embedding' or 'output', got {kind!r}")
+    n_boot = _check_boot(n_boot, ci)
+    e = _as_err(err, None)
+    n = e.shape[0]
+    La, Ma, Da = (_as_positive(v, nm, n) for v, nm in ((L, "L"), (M, "M"), (D, "D")))
+    F = _features(kind, La, Ma, Da)
+    e2 = e * e
+    agg = _aggregate(e2)
+    use = np.isfinite(agg) & (agg > 0)
+    if use.sum() < 3:
+        raise ValueError("err: need finite positive errors at three or more points")
+    th, res_rms = _fit_nonneg_log(F[use], agg[use] ** 2)
+    n_reps = int(e.shape[1])
+    boots = []
+    method = "none"
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        if n_reps >= 2:
+            method = "bootstrap over repetitions"
+            for _ in range(n_boot):
+                b = _aggregate(e2[:, rng.integers(0, n_reps, size=n_reps)])
+                u = np.isfinite(b) & (b > 0)
+                if u.sum() >= 3:
+                    boots.append(_fit_nonneg_log(F[u], b[u] ** 2)[0])
+        else:
+            method = "bootstrap over points"
+            idx_use = np.flatnonzero(use)
+            for _ in range(n_boot):
+                j = rng.choice(idx_use, size=idx_use.size, replace=True)
+                if np.unique(j).size >= 3:
+                    boots.append(_fit_nonneg_log(F[j], agg[j] ** 2)[0])
+    names = ("a", "b", "c")
+    coef = {nm: float(math.sqrt(max(t, 0.0))) for nm, t in zip(names, th, strict=True)}
+    if boots:
+        bt = np.sqrt(np.maximum(np.array(boots), 0.0))
+        cis = {nm: _percentile_ci(bt[:, i], ci) for i, nm in enumerate(names)}
+    else:
+        cis = {nm: (math.nan, math.nan) for nm in names}
+    return AdditiveFit(kind=kind, coefficients=coef, coefficient_ci=cis, n_points=int(use.sum()),
+                       ci=float(ci), method=method, n_reps=n_reps, log_residual_rms=res_rms)

@@ -1,0 +1,35 @@
+"""reslim.measure: errors against a reference, rate fits with uncertainty, compute-optimal shapes.
+
+Public API (internals in ``reslim._src.measure``)::
+
+    embedding_error(traj, ref, per_repetition=False)   (K+1,) or (K+1, B) RMS of h_L - h_L^ref[:D]
+    output_error(traj, ref, per_repetition=False)      (K+1,) or (K+1, B) RMS of y - y^ref
+    error_stats(traj, ref, field)                      per-repetition MSE, counts of excluded runs
+    max_layer_mean_abs_error(hidden, ref_hidden)       max_l mean_{n,d} |h_l - H(s_l)| (theory §3.2)
+    fit_power_law(x, err, n_boot, seed, ci)            PowerLawFit: err ~ C x^p with bootstrap CIs
+    fit_additive(L, M, D, err, kind, n_boot, seed)     AdditiveFit: err^2 = a^2/L^2 + b^2 ... + c^2/D
+    compute_optimal_shape(budget, model)               (Shape, predicted error) at L M D = budget
+    optimal_exponents(model)                           P-exponents of L, M, D and of the error
+"""
+
+from ._src.measure.errors import (
+    ErrorStats,
+    embedding_error,
+    error_stats,
+    max_layer_mean_abs_error,
+    output_error,
+)
+from ._src.measure.fits import ADDITIVE_TERMS, AdditiveFit, PowerLawFit, fit_additive, fit_power_law
+
+__all__ = [
+    "ADDITIVE_TERMS",
+    "AdditiveFit",
+    "ErrorStats",
+    "PowerLawFit",
+    "embedding_error",
+    "error_stats",
+    "fit_additive",
+    "fit_power_law",
+    "max_layer_mean_abs_error",
+    "output_error",
+]
