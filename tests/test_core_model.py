@@ -1,0 +1,197 @@
+"""The finite model against theory.md §1: reference form, invariants, batching, divergence."""
+
+import numpy as np
+import pytest
+import torch
+
+from reslim import Dataset, ResNet, Shape, gaussian_data, get_parameterization, log_grid, train
+
+
+def _numpy_reference_step(W_e, U, V, W_u, X, Y, alpha, eta, loss):
+    """theory.md §1 written unit by unit in NumPy: forward, risk and one GD step.
+
+    U, V: (L, D, M) with N(0, D) entries; returns (outputs (N, d_out), new U, new V).
+    """
+    L, D, M = U.shape
+    N, d_out = Y.shape
+    c = N * (d_out if loss == "mean" else 1)
+    lr = eta * L * M * D / alpha**2
+    hs, ps = [], []
+    h = W_e @ X.T  # (D, N)
+    for l in range(L):
+        hs.append(h)
+        p = np.array([[U[l][:, j] @ h[:, n] / D for n in range(N)] for j in range(M)])
+        ps.append(p)
+        branch = sum(np.outer(V[l][:, j], np.tanh(p[j])) for j in range(M))
+        h = h + alpha / (L * M) * branch
+    y = W_u.T @ h / D  # (d_out, N)
+    g = W_u @ (y - Y.T) / D / c  # dR/dh_L
+    newU, newV = U.copy(), V.copy()
+    for l in reversed(range(L)):
+        a = np.tanh(ps[l])
+        gV = alpha / (L * M) * g @ a.T
+        ga = alpha / (L * M) * V[l].T @ g
+        gp = ga * (1 - a**2)
+        gU = hs[l] @ gp.T / D
+        g = g + U[l] @ gp / D
+        newU[l] -= lr * gU
+        newV[l] -= lr * gV
+    return y.T, newU, newV
+
+
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_one_step_matches_hand_computed_reference(loss):
+    data = gaussian_data(N=3, d_in=2, d_out=2, seed=0)
+    net = ResNet(Shape(2, 3, 4), param="mlu", d_in=2, d_out=2, seeds=[11])
+    W_e, W_u = net.W_e[0].detach().numpy().copy(), net.W_u[0].detach().numpy().copy()
+    U, V = net.U[:, 0].detach().numpy().copy(), net.V[:, 0].detach().numpy().copy()
+    # entries are N(0, D): check the init law on a big draw of the same preset
+    big = ResNet(Shape(2, 50, 64), param="mlu", d_in=2, d_out=2, seeds=[0])
+    assert big.U.std().item() == pytest.approx(8.0, rel=0.02)
+    y0, U1, V1 = _numpy_reference_step(W_e, U, V, W_u, data.X, data.Y, 1.0, 0.3, loss)
+    traj = train(net, data, steps=1, lr=0.3, optimizer="gd", loss=loss)
+    np.testing.assert_allclose(traj.outputs[0, 0], y0, rtol=1e-12)
+    np.testing.assert_allclose(net.U[:, 0].detach().numpy(), U1, rtol=1e-12)
+    np.testing.assert_allclose(net.V[:, 0].detach().numpy(), V1, rtol=1e-12)
+    y1, _, _ = _numpy_reference_step(W_e, U1, V1, W_u, data.X, data.Y, 1.0, 0.3, loss)
+    np.testing.assert_allclose(traj.outputs[1, 0], y1, rtol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+def test_mlu_and_unit_form_give_the_same_trajectory(activation):
+    data = gaussian_data(N=10, d_in=5, d_out=5, seed=2)
+    kw = dict(d_in=5, d_out=5, activation=activation, seeds=[0, 1, 2])
+    a = ResNet(Shape(8, 16, 32), param=get_parameterization("mlu", alpha=2.0), **kw)
+    b = ResNet(Shape(8, 16, 32), param=get_parameterization("mlu-unit", alpha=2.0), **kw)
+    ta = train(a, data, steps=15, lr=1.0, loss="mean", record=("outputs", "h_last", "pre"))
+    tb = train(b, data, steps=15, lr=1.0, loss="mean", record=("outputs", "h_last", "pre"))
+    assert np.abs(ta.outputs[-1] - ta.outputs[0]).max() > 1e-2  # it really trained
+    for name in ("loss", "outputs", "h_last", "pre"):
+        np.testing.assert_allclose(getattr(ta, name), getattr(tb, name), rtol=0, atol=1e-10)
+
+
+def test_mlu_preactivations_are_order_one_and_output_shrinks_with_units():
+    data = gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+    rms = []
+    for D in (16, 64, 256):
+        net = ResNet(Shape(10, 32, D), param="mlu", d_in=5, d_out=5, seeds=[0, 1])
+        traj = train(net, data, steps=0, record=("pre",))
+        rms.append(np.sqrt(np.mean(traj.pre**2)))
+    # Var p = (1/D^2) sum_d Var(U_dj) E h_d^2 = E h^2 = ||x||^2 at layer 0, for every D
+    predicted = np.sqrt(np.mean(np.sum(data.X**2, axis=1)))
+    assert all(0.8 * predicted < r < 1.25 * predicted for r in rms), (rms, predicted)
+    assert max(rms) / min(rms) < 1.2, rms
+    # the residual part of the output at initialisation is an average of L M random units
+    out = []
+    for L, M in ((4, 4), (16, 16), (64, 64)):
+        net = ResNet(Shape(L, M, 64), param="mlu", d_in=5, d_out=5, seeds=list(range(4)))
+        traj = train(net, data, steps=0, record=("outputs", "hidden"))
+        h0 = traj.hidden[0, :, 0]
+        resid = traj.hidden[0, :, -1] - h0
+        out.append(np.sqrt(np.mean(resid**2)))
+    ratios = [out[i] / out[i + 1] for i in range(2)]
+    # each step multiplies L M by 16, so the residual RMS shrinks by about 4
+    assert all(2.5 < r < 6.5 for r in ratios), (out, ratios)
+
+
+@pytest.mark.parametrize("block,param", [("two-layer", "mlu"), ("one-layer", "depth-mup")])
+@pytest.mark.parametrize("optimizer", ["gd", "sgd", "adam"])
+def test_batched_equals_one_at_a_time(block, param, optimizer):
+    data = gaussian_data(N=8, d_in=3, d_out=2, seed=5)
+    seeds = [3, 9, 27, 81]
+    kw = dict(param=param, d_in=3, d_out=2, block=block, train_readout=True)
+    extra = dict(batch_size=4) if optimizer == "sgd" else {}
+    batched = train(ResNet(Shape(5, 6, 7), seeds=seeds, **kw), data, steps=6, lr=0.05,
+                    optimizer=optimizer, record=("outputs", "h_last", "hidden"), **extra)
+    for b, s in enumerate(seeds):
+        single = train(ResNet(Shape(5, 6, 7), seeds=[s], **kw), data, steps=6, lr=0.05,
+                       optimizer=optimizer, record=("outputs", "h_last", "hidden"), **extra)
+        for name in ("loss", "outputs", "h_last", "hidden"):
+            np.testing.assert_allclose(getattr(batched, name)[:, b], getattr(single, name)[:, 0],
+                                       rtol=0, atol=1e-12)
+
+
+def test_per_network_learning_rates_equal_separate_runs():
+    data = gaussian_data(N=6, d_in=3, d_out=2, seed=1)
+    lrs = [0.1, 0.3, 1.0]
+    kw = dict(param="depth-mup", d_in=3, d_out=2)
+    batched = train(ResNet(Shape(3, 4, 5), seeds=[7, 7, 7], **kw), data, steps=5, lr=lrs)
+    for b, lr in enumerate(lrs):
+        single = train(ResNet(Shape(3, 4, 5), seeds=[7], **kw), data, steps=5, lr=lr)
+        np.testing.assert_allclose(batched.loss[:, b], single.loss[:, 0], rtol=1e-12)
+
+
+def test_divergence_is_reported_with_its_step_not_raised():
+    data = gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+    kw = dict(param="standard", d_in=5, d_out=5, activation="identity")
+    net = ResNet(Shape(4, 8, 8), seeds=[0, 1], **kw)
+    traj = train(net, data, steps=40, lr=[1e-3, 5.0])
+    assert traj.diverged_at[0] == -1
+    k = traj.diverged_at[1]
+    assert 0 < k <= 40
+    assert np.isfinite(traj.loss[:k, 1]).all() and np.isnan(traj.loss[k:, 1]).all()
+    assert np.isfinite(traj.loss[:, 0]).all()
+    # all networks diverged: the run stops early, remaining steps are NaN
+    net = ResNet(Shape(4, 8, 8), seeds=[0], **kw)
+    traj = train(net, data, steps=200, lr=80.0)
+    assert traj.loss.shape == (201, 1) and traj.diverged_at[0] > 0
+    assert np.isnan(traj.loss[-1, 0])
+
+
+def test_coupled_embedding_uses_first_rows_of_a_larger_draw():
+    small = ResNet(Shape(2, 3, 4), d_in=3, d_out=2, seeds=[0], embed_seed=42, embed_dim_max=16)
+    large = ResNet(Shape(2, 3, 16), d_in=3, d_out=2, seeds=[1], embed_seed=42, embed_dim_max=16)
+    np.testing.assert_array_equal(small.W_e[0].detach(), large.W_e[0, :4].detach())
+    np.testing.assert_array_equal(small.W_u[0].detach(), large.W_u[0, :4].detach())
+    other = ResNet(Shape(2, 3, 4), d_in=3, d_out=2, seeds=[0], embed_seed=43, embed_dim_max=16)
+    assert not torch.equal(small.W_e, other.W_e)
+    # block weights come from the network's own seed, embeddings from embed_seed
+    assert torch.equal(small.U, ResNet(Shape(2, 3, 4), d_in=3, d_out=2, seeds=[0]).U)
+
+
+def test_reproducible_from_config_and_float32_close_to_float64():
+    data = gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+    kw = dict(param="mlu", d_in=5, d_out=5, seeds=[4])
+    t1 = train(ResNet(Shape(6, 10, 12), **kw), data, steps=5, lr=1.0, loss="mean")
+    t2 = train(ResNet(Shape(6, 10, 12), **kw), data, steps=5, lr=1.0, loss="mean")
+    np.testing.assert_array_equal(t1.outputs, t2.outputs)
+    t32 = train(ResNet(Shape(6, 10, 12), dtype="float32", **kw), data, steps=5, lr=1.0, loss="mean")
+    np.testing.assert_allclose(t32.outputs, t1.outputs, atol=1e-4)
+    assert not np.array_equal(t32.outputs, t1.outputs)
+
+
+def test_bad_input_raises_clear_errors():
+    with pytest.raises(ValueError, match="L must be a positive integer"):
+        Shape(0, 3, 4)
+    with pytest.raises(ValueError, match="M must be a positive integer"):
+        Shape(2, -1, 4)
+    with pytest.raises(ValueError, match="D must be a positive integer"):
+        Shape(2, 3, 2.5)
+    with pytest.raises(ValueError, match="unknown parameterization 'mpu'"):
+        get_parameterization("mpu")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_parameterization("mlu", correction=0.5)
+    with pytest.raises(ValueError, match="unknown activation 'sigmoid'"):
+        ResNet(Shape(1, 1, 1), d_in=1, d_out=1, activation="sigmoid")
+    with pytest.raises(ValueError, match="no rule for role 'W'"):
+        ResNet(Shape(1, 1, 1), param="mlu", d_in=1, d_out=1, block="one-layer")
+    with pytest.raises(ValueError, match="d_in must be a positive integer"):
+        ResNet(Shape(1, 1, 1), d_in=0, d_out=1)
+    net = ResNet(Shape(1, 2, 2), d_in=2, d_out=1)
+    data = Dataset(np.ones((3, 2)), np.ones((3, 1)))
+    with pytest.raises(ValueError, match="lr must be positive"):
+        train(net, data, steps=1, lr=-1.0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train(net, data, steps=1, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="steps must be"):
+        train(net, data, steps=-2)
+    with pytest.raises(ValueError, match="data has"):
+        train(net, Dataset(np.ones((3, 4)), np.ones((3, 1))), steps=1)
+
+
+def test_log_grid_matches_the_papers():
+    assert log_grid(1.5, 2000, 20) == [1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439,
+                                        642, 937, 1369, 2000]
+    assert log_grid(10, 500, 15) == [10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 499]
+    assert log_grid(1, 3, 10) == [1, 2, 3]  # de-duplicated
+    assert Shape.parse("16,64,64") == Shape(16, 64, 64) and Shape(2, 3, 4).P == 24
