@@ -1,0 +1,157 @@
+"""Experiment kinds: what a spec's ``kind`` field selects.
+
+A kind is an :class:`ExperimentKind` registered under a name with :func:`register_experiment`.
+It supplies the spec model, expands a spec into :class:`Run`\\ s (each keyed by a hash of its
+full config), executes a batch of equal-shape runs in a worker (:meth:`ExperimentKind.execute`),
+post-processes each result in the driver (:meth:`ExperimentKind.finish`, e.g. errors against a
+reference already in the store), analyses the store (fits) and contributes report sections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..report.report import Section
+    from .spec import SpecBase
+    from .store import Store
+
+STATUSES = ("done", "diverged", "failed")
+FINISHED = ("done", "diverged")
+
+# Modules that register kinds, imported on a registry miss (add a line for a new kind).
+KIND_MODULES = {
+    "convergence": "reslim._src.experiments.convergence",
+}
+
+
+def canonical_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def run_key(config: dict[str, Any]) -> str:
+    """Hash of the full run config: equal configs, equal keys (20 hex digits of SHA-256)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One unit of work: a full, JSON-able config and its key.
+
+    ``group``: runs with the same group (and stage) may execute together in one batched task
+    (equal shapes). ``stage``: runs of stage s start once every run of earlier stages is stored
+    (references are stage 0). ``cost``: flops estimate (progress/ETA, scheduling); ``mem``:
+    bytes one run needs in a task (batching cap).
+    """
+
+    kind: str
+    config: dict[str, Any]
+    group: str = ""
+    stage: int = 1
+    cost: float = 1.0
+    mem: float = 0.0
+    label: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", run_key(self.config))
+
+
+@dataclass
+class RunResult:
+    """What executing a run produced. ``status``: done, diverged or failed (with ``error``)."""
+
+    key: str
+    status: Literal["done", "diverged", "failed"]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+class ExperimentKind:
+    """Base class of experiment kinds; override what the kind needs.
+
+    Only :meth:`execute` runs in workers (it must be a pure function of the runs' configs);
+    every other hook runs in the driver, which alone writes the store.
+    """
+
+    name: ClassVar[str] = ""
+    spec_model: ClassVar[type[SpecBase]]
+
+    @property
+    def module(self) -> str:
+        """Module a worker imports to find this kind (registration happens at import)."""
+        return type(self).__module__
+
+    def expand(self, spec: SpecBase) -> list[Run]:
+        raise NotImplementedError
+
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        """Execute runs of one group (equal shapes) together; one result per run, in order."""
+        raise NotImplementedError
+
+    def finish(self, spec: SpecBase, run: Run, result: RunResult, store: Store) -> RunResult:
+        """Driver-side post-processing of a result before it is stored (default: none)."""
+        return result
+
+    def analyse(self, spec: SpecBase, store: Store) -> Any:
+        """Fits and tables from the store (default: nothing)."""
+        return None
+
+    def report(self, spec: SpecBase, store: Store, analysis: Any, figure_dir) -> list[Section]:
+        """Report sections (with figures written under ``figure_dir``)."""
+        return []
+
+    def summary(self, spec: SpecBase, analysis: Any) -> list[str]:
+        """Lines printed at the end of ``reslim run``."""
+        return []
+
+
+_REGISTRY: dict[str, ExperimentKind] = {}
+
+
+def register_experiment(name: str, experiment: ExperimentKind) -> ExperimentKind:
+    """Register ``experiment`` under ``name`` (the spec's ``kind``); returns it."""
+    if not isinstance(experiment, ExperimentKind):
+        raise TypeError("register_experiment expects an ExperimentKind instance")
+    existing = _REGISTRY.get(name)
+    if existing is not None and type(existing) is not type(experiment):
+        raise ValueError(f"experiment kind {name!r} is already registered by {existing.module}")
+    experiment.name = name
+    _REGISTRY[name] = experiment
+    return experiment
+
+
+def get_experiment(name: str, module: str | None = None) -> ExperimentKind:
+    """The kind registered under ``name`` (importing ``module`` or the known modules first)."""
+    if name not in _REGISTRY:
+        for mod in [module, KIND_MODULES.get(name)]:
+            if mod:
+                importlib.import_module(mod)
+        if name not in _REGISTRY:
+            for mod in KIND_MODULES.values():
+                importlib.import_module(mod)
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown experiment kind {name!r}; known: {', '.join(experiment_kinds())}")
+    return _REGISTRY[name]
+
+
+def experiment_kinds() -> list[str]:
+    for mod in KIND_MODULES.values():
+        try:
+            importlib.import_module(mod)
+        except ImportError:  # pragma: no cover - a kind module that is not there yet
+            pass
+    return sorted(_REGISTRY)

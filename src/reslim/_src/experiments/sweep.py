@@ -1,0 +1,159 @@
+"""Sweeps: expand a spec into runs, skip the finished ones, batch equal shapes into tasks,
+execute them stage by stage, store every result as it arrives, then analyse and report."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .executors import Executor, LocalExecutor, Task
+from .registry import Run, RunResult, get_experiment
+from .spec import SpecBase
+from .store import Store
+
+
+def plan_tasks(runs: Sequence[Run], module: str, max_task_bytes: float = float("inf"),
+               max_batch: int | None = None) -> list[Task]:
+    """Group runs by (stage, group) into tasks of at most ``max_batch`` runs whose summed
+    ``mem`` stays under ``max_task_bytes`` (a single run always fits); most costly first."""
+    groups: dict[tuple[int, str], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.stage, r.group or r.key)].append(r)
+    tasks = []
+    for (_, _), members in groups.items():
+        chunk: list[Run] = []
+        for r in members:
+            full = max_batch is not None and len(chunk) >= max_batch
+            if chunk and (full or sum(c.mem for c in chunk) + r.mem > max_task_bytes):
+                tasks.append(Task(r.kind, module, tuple(chunk)))
+                chunk = []
+            chunk.append(r)
+        if chunk:
+            tasks.append(Task(chunk[0].kind, module, tuple(chunk)))
+    return sorted(tasks, key=lambda t: (t.runs[0].stage, -t.cost))
+
+
+@dataclass
+class SweepSummary:
+    """What one sweep did."""
+
+    directory: Path
+    total: int = 0
+    skipped: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "diverged": 0, "failed": 0})
+    seconds: float = 0.0
+    analysis: Any = None
+    report: dict[str, Path] = field(default_factory=dict)
+    summary_lines: list[str] = field(default_factory=list)
+
+
+class _Progress:
+    """A rich progress bar weighted by run cost: ETA, runs done, and the shapes in flight."""
+
+    def __init__(self, enabled: bool, console=None) -> None:
+        self.enabled = enabled
+        self.console = console
+        self.bar = None
+
+    def start(self, total_cost: float, total_runs: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.fields[runs]}"), BarColumn(), TaskProgressColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            TextColumn("{task.description}"), console=self.console, transient=False)
+        self.bar.start()
+        self.total_runs, self.runs_done = total_runs, 0
+        self.id = self.bar.add_task("", total=max(total_cost, 1e-9), runs=f"0/{total_runs} runs")
+
+    def update(self, cost: float, runs: int, current: str) -> None:
+        if self.bar is None:
+            return
+        self.runs_done += runs
+        self.bar.update(self.id, advance=cost, runs=f"{self.runs_done}/{self.total_runs} runs",
+                        description=current)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = None, jobs: int = 1,
+              progress: bool = True, console=None) -> SweepSummary:
+    """Execute every unfinished run of ``spec`` and store the results in ``out``.
+
+    Finished runs (done or diverged) are never recomputed; failed ones are retried. Results
+    are written by this (driver) process only, one transaction per run.
+    """
+    kind = get_experiment(spec.kind)
+    runs = kind.expand(spec)
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise RuntimeError(f"experiment kind {spec.kind!r} expanded to duplicate runs")
+    t0 = time.perf_counter()
+    summary = SweepSummary(Path(out), total=len(runs))
+    own_executor = executor is None
+    executor = executor or LocalExecutor(jobs)
+    store = Store(out)
+    bar = _Progress(progress, console)
+    try:
+        store.lock()
+        store.set_meta("spec", spec.config())
+        finished = store.finished_keys()
+        todo = [r for r in runs if r.key not in finished]
+        summary.skipped = len(runs) - len(todo)
+        bar.start(sum(r.cost for r in todo), len(todo))
+        for stage in sorted({r.stage for r in todo}):
+            tasks = plan_tasks([r for r in todo if r.stage == stage], kind.module,
+                               max_task_bytes=spec.max_task_mb * 2**20)
+            waiting = list(tasks)
+            for outcome in executor.run(tasks):
+                waiting.remove(outcome.task)
+                for run, result in zip(outcome.task.runs, outcome.results, strict=True):
+                    result = _finish(kind, spec, run, result, store)
+                    store.write(run, result)
+                    summary.counts[result.status] += 1
+                in_flight = ", ".join(t.label for t in waiting[: executor.slots])
+                bar.update(outcome.task.cost, len(outcome.task.runs), in_flight)
+    finally:
+        bar.stop()
+        if own_executor:
+            executor.close()
+        store.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _finish(kind, spec, run: Run, result: RunResult, store: Store) -> RunResult:
+    if result.status == "failed":
+        return result
+    try:
+        return kind.finish(spec, run, result, store)
+    except Exception as err:  # noqa: BLE001 - stored as the run's error
+        return RunResult(run.key, "failed", error=f"post-processing: {type(err).__name__}: {err}",
+                         seconds=result.seconds)
+
+
+def run_experiment(spec: SpecBase, out: str | Path, *, executor: Executor | None = None, jobs: int = 1,
+                   progress: bool = True, report: bool = True, console=None) -> SweepSummary:
+    """Sweep, then analyse and write ``report.html`` / ``report.md`` into ``out``."""
+    summary = run_sweep(spec, out, executor=executor, jobs=jobs, progress=progress, console=console)
+    if report:
+        from ..report.report import write_report
+
+        rep = write_report(out, spec=spec)
+        summary.analysis, summary.report, summary.summary_lines = rep.analysis, rep.paths, rep.summary
+    return summary
