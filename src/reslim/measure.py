@@ -8,8 +8,10 @@ Public API (internals in ``reslim._src.measure``)::
     max_layer_mean_abs_error(hidden, ref_hidden)       max_l mean_{n,d} |h_l - H(s_l)| (theory §3.2)
     fit_power_law(x, err, n_boot, seed, ci)            PowerLawFit: err ~ C x^p with bootstrap CIs
     fit_additive(L, M, D, err, kind, n_boot, seed)     AdditiveFit: err^2 = a^2/L^2 + b^2 ... + c^2/D
-    compute_optimal_shape(budget, model)               (Shape, predicted error) at L M D = budget
-    optimal_exponents(model)                           P-exponents of L, M, D and of the error
+    compute_optimal_shape(budget, model, slack=0.1)    (Shape, predicted error) at L M D ~ budget
+    continuous_optimal_shape(budget, model, slack)     the same before rounding: (L, M, D, error)
+    optimal_exponents(model)                           P-exponents {"L", "M", "D", "rate"}
+    theory_model(name), THEORY_MODELS                  "bound" and "output" error models
 """
 
 from ._src.measure.errors import (
@@ -20,16 +22,28 @@ from ._src.measure.errors import (
     output_error,
 )
 from ._src.measure.fits import ADDITIVE_TERMS, AdditiveFit, PowerLawFit, fit_additive, fit_power_law
+from ._src.measure.optimal import (
+    THEORY_MODELS,
+    compute_optimal_shape,
+    continuous_optimal_shape,
+    optimal_exponents,
+    theory_model,
+)
 
 __all__ = [
     "ADDITIVE_TERMS",
+    "THEORY_MODELS",
     "AdditiveFit",
     "ErrorStats",
     "PowerLawFit",
+    "compute_optimal_shape",
+    "continuous_optimal_shape",
     "embedding_error",
     "error_stats",
     "fit_additive",
     "fit_power_law",
     "max_layer_mean_abs_error",
+    "optimal_exponents",
     "output_error",
+    "theory_model",
 ]

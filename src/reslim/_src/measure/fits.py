@@ -67,12 +67,21 @@ def _check_boot(n_boot: int, ci: float) -> int:
     return int(n_boot)
 
 
-def _percentile_ci(samples: np.ndarray, ci: float) -> tuple[float, float]:
+def _percentile_ci(samples: np.ndarray, ci: float, center: float | None = None,
+                   n_reps: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``samples``; with ``center`` and ``n_reps >= 2`` widened about the
+    point estimate by ``t_{R-1} / z * sqrt(R / (R - 1))`` (small-sample correction: the bootstrap
+    over ``R`` repetitions underestimates the variance by ``(R - 1) / R`` and ignores that it is
+    itself estimated from ``R`` draws)."""
     s = samples[np.isfinite(samples)]
     if s.size < 2:
         return (math.nan, math.nan)
     q = 100 * (1 - ci) / 2
     lo, hi = np.percentile(s, [q, 100 - q])
+    if center is not None and n_reps >= 2:
+        k = float(stats.t.ppf(0.5 + ci / 2, n_reps - 1) / stats.norm.ppf(0.5 + ci / 2))
+        k *= math.sqrt(n_reps / (n_reps - 1))
+        lo, hi = center + k * (lo - center), center + k * (hi - center)
     return (float(lo), float(hi))
 
 
@@ -152,8 +161,8 @@ def fit_power_law(
         with np.errstate(divide="ignore", invalid="ignore"):
             lb = np.where(np.isfinite(boot) & (boot > 0), np.log(boot), np.nan).T  # (n_boot, n)
         bs, bi = _masked_loglog(lx, lb)
-        p_ci = _percentile_ci(bs, ci)
-        c_ci = tuple(float(np.exp(v)) for v in _percentile_ci(bi, ci))
+        p_ci = _percentile_ci(bs, ci, slope, n_reps)
+        c_ci = tuple(float(np.exp(v)) for v in _percentile_ci(bi, ci, icpt, n_reps))
         method = "bootstrap over repetitions"
     elif n_pts > 2:
         xs = lx[use]
@@ -227,35 +236,28 @@ class AdditiveFit:
         return self.predict(L, M, D)
 
 
-def _fit_nonneg_log(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Minimise ``sum (log(F @ th) - log y)^2`` over ``th >= 0``.
+def _fit_nonneg(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative ``th`` with ``F @ th ~ y`` under multiplicative noise: IRLS of
+    ``sum ((F @ th - y) / m)^2`` with ``m`` the previous model, each step an NNLS.
 
-    Start: NNLS on relative residuals ``(F @ th - y) / y`` (the first-order form of the log
-    residual); refine with bounded trust-region least squares in log space. Returns ``th`` and
-    the RMS log residual.
+    Start: NNLS on relative residuals ``(F @ th - y) / y``. The fixed point solves the
+    quasi-likelihood equations ``sum_i (y_i - m_i) F_i / m_i^2 = 0`` (variance ~ mean^2), which are
+    unbiased when ``E[y] = m``; a least-squares fit of ``log y`` would instead estimate the
+    geometric mean, biased low by about ``Var(log y) / 2``. Returns ``th`` and the RMS log residual.
     """
-    A = F / y[:, None]
-    th0, _ = optimize.nnls(A, np.ones_like(y))
-    if not np.any(th0 > 0):
-        th0 = np.full(F.shape[1], float(np.median(y / F.sum(axis=1))))
-    scale = np.maximum(th0, 1e-6 * th0.max())
-    ly = np.log(y)
-
-    def res(u: np.ndarray) -> np.ndarray:
-        return np.log(np.maximum(F @ (u * scale), 1e-300)) - ly
-
-    def jac(u: np.ndarray) -> np.ndarray:
-        return F * scale / np.maximum(F @ (u * scale), 1e-300)[:, None]
-
-    u0 = np.clip(th0 / scale, 1e-9, None)
-    sol = optimize.least_squares(res, u0, jac=jac, bounds=(0.0, np.inf), method="trf",
-                                 xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200)
-    th = sol.x * scale
-    # keep the better of the NNLS start and the refinement (the log objective decides)
-    r0, r1 = res(th0 / scale), res(sol.x)
-    if np.sum(r0 * r0) < np.sum(r1 * r1):
-        th, r1 = th0, r0
-    return th, float(np.sqrt(np.mean(r1 * r1)))
+    th, _ = optimize.nnls(F / y[:, None], np.ones_like(y))
+    for _ in range(100):
+        m = F @ th
+        if not np.all(m > 0):
+            break
+        new, _ = optimize.nnls(F / m[:, None], y / m)
+        done = np.max(np.abs(new - th)) <= 1e-10 * max(np.max(np.abs(th)), 1e-300)
+        th = new
+        if done:
+            break
+    with np.errstate(divide="ignore"):
+        r = np.log(F @ th) - np.log(y)
+    return th, float(np.sqrt(np.mean(r * r)))
 
 
 def fit_additive(
@@ -271,9 +273,10 @@ def fit_additive(
     """Fit the additive error model of ``kind`` with non-negative coefficients.
 
     ``L, M, D (n,)`` (scalars broadcast); ``err (n,)`` or ``(n, R)`` per-repetition RMS
-    errors. Objective: least squares of ``log model - log err^2`` over ``a^2, b^2, c^2 >= 0``
-    (NNLS start on relative residuals, bounded trust-region refinement). CIs: bootstrap over
-    the ``R`` repetitions, or over points (case resampling) when ``R == 1``.
+    errors. The aggregate ``err^2`` is fitted as a non-negative combination of the three terms by
+    iteratively reweighted NNLS with relative weights ``1 / model`` (quasi-likelihood for
+    multiplicative noise, unbiased for ``E[err^2]``). CIs: bootstrap over the ``R`` repetitions,
+    or over points (case resampling) when ``R == 1``.
     """
     if kind not in ADDITIVE_TERMS:
         raise ValueError(f"kind: must be 'embedding' or 'output', got {kind!r}")
@@ -287,7 +290,7 @@ def fit_additive(
     use = np.isfinite(agg) & (agg > 0)
     if use.sum() < 3:
         raise ValueError("err: need finite positive errors at three or more points")
-    th, res_rms = _fit_nonneg_log(F[use], agg[use] ** 2)
+    th, res_rms = _fit_nonneg(F[use], agg[use] ** 2)
     n_reps = int(e.shape[1])
     boots = []
     method = "none"
@@ -299,19 +302,20 @@ def fit_additive(
                 b = _aggregate(e2[:, rng.integers(0, n_reps, size=n_reps)])
                 u = np.isfinite(b) & (b > 0)
                 if u.sum() >= 3:
-                    boots.append(_fit_nonneg_log(F[u], b[u] ** 2)[0])
+                    boots.append(_fit_nonneg(F[u], b[u] ** 2)[0])
         else:
             method = "bootstrap over points"
             idx_use = np.flatnonzero(use)
             for _ in range(n_boot):
                 j = rng.choice(idx_use, size=idx_use.size, replace=True)
                 if np.unique(j).size >= 3:
-                    boots.append(_fit_nonneg_log(F[j], agg[j] ** 2)[0])
+                    boots.append(_fit_nonneg(F[j], agg[j] ** 2)[0])
     names = ("a", "b", "c")
     coef = {nm: float(math.sqrt(max(t, 0.0))) for nm, t in zip(names, th, strict=True)}
     if boots:
         bt = np.sqrt(np.maximum(np.array(boots), 0.0))
-        cis = {nm: _percentile_ci(bt[:, i], ci) for i, nm in enumerate(names)}
+        n_eff = n_reps if n_reps >= 2 else int(use.sum())
+        cis = {nm: _percentile_ci(bt[:, i], ci, coef[nm], n_eff) for i, nm in enumerate(names)}
     else:
         cis = {nm: (math.nan, math.nan) for nm in names}
     return AdditiveFit(kind=kind, coefficients=coef, coefficient_ci=cis, n_points=int(use.sum()),
