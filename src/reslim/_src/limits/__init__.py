@@ -1,0 +1,1 @@
+"""Limits of the training dynamics behind one interface (see ``reslim.limits``)."""

@@ -1,0 +1,43 @@
+"""Limits of ResNet training behind one interface (theory.md §2; docs/limits.md).
+
+A :class:`LimitProblem` carries what a finite MLU network is given (data, eta, alpha, K, loss,
+activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.Trajectory`::
+
+    Limit, LimitProblem, register_limit, get_limit, available_limits, solve
+    MeanODE(S=32)              "mean-ode"   L, M -> oo at fixed D (identity), exact
+    LargeDLimit(S=32)          "large-d"    then D -> oo (identity): outputs, laws, kernels, single sites
+    ReferenceNetwork(shape, seeds)  "reference"  a large finite network (any activation)
+    LargeDSolution             what LargeDLimit.solution(problem) returns
+    embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
+"""
+
+from ._src.limits.base import (
+    Limit,
+    LimitProblem,
+    available_limits,
+    get_limit,
+    register_limit,
+    solve,
+)
+from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance, output_rms
+from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
+from ._src.limits.mean_ode import MeanODE
+from ._src.limits.reference import ReferenceNetwork
+
+__all__ = [
+    "LargeDLimit",
+    "LargeDSolution",
+    "Limit",
+    "LimitProblem",
+    "MeanODE",
+    "ReferenceNetwork",
+    "available_limits",
+    "embedding_error",
+    "embedding_rms",
+    "get_limit",
+    "hidden_distance",
+    "limit_gram",
+    "output_rms",
+    "register_limit",
+    "solve",
+]
