@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._src.cli import describe  # noqa: F401  (registers commands)
+from ._src.cli import run as _run  # noqa: F401  (registers run, runs, report)
 from ._src.cli import shape as _shape  # noqa: F401  (registers `reslim shape`)
 from ._src.cli.app import app, run_app
 

@@ -1,0 +1,322 @@
+"""The convergence experiment (theory.md §2.3, §3.1): errors of ResNets of every shape of a grid
+against a reference (a large network, or an exact limit), their rates and fitted models.
+
+Runs: stage 0 = the reference, one per repetition; stage 1 = for each shape and repetition, the
+``embedding`` run (coupled randomness: the first ``D`` rows of ``W_e``, ``W_u`` drawn at the
+reference dimension) and the ``output`` run (fresh ``W_e``, ``W_u`` per shape). Runs of equal
+shape and role are trained as one batched :class:`ResNet`. The driver computes each run's
+errors at every step against the stored reference of its repetition.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from ..models.activations import ACTIVATIONS
+from ..models.resnet import ResNet
+from ..scaling.shapes import Shape
+from ..training.data import gaussian_data
+from ..training.trainer import train
+from ..training.trajectory import Trajectory
+from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .spec import ParamSpec, SpecBase, StrictModel
+
+ROLES = ("embedding", "output")
+PUBLISHED = {  # theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
+    "embedding": {"b": 0.8, "c": 2.5, "P": 2.0, "P_exponent": -1 / 6},
+    "output": {"b": 0.15, "c": 0.9, "P": 0.7, "P_exponent": -1 / 5},
+}
+#: theory's exponents of the error against each axis, the others at their largest values
+THEORY_EXPONENTS = {
+    "embedding": {"M": -0.5, "D": -0.5, "L": -0.5, "P": -1 / 6},
+    "output": {"M": -1.0, "D": -0.5, "L": -1.0, "P": -1 / 5},
+}
+
+Size = PositiveInt
+
+
+def _paper_param() -> ParamSpec:
+    return ParamSpec(name="mlu", options={"embed_init": "d_in^-0.5", "readout_init": "d_out^0.5"})
+
+
+class GridSpec(StrictModel):
+    """The shapes: every combination of ``L``, ``M``, ``D``."""
+
+    L: list[Size] = Field(min_length=1)
+    M: list[Size] = Field(min_length=1)
+    D: list[Size] = Field(min_length=1)
+
+    @field_validator("L", "M", "D")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        return sorted(set(v))
+
+    def shapes(self) -> list[Shape]:
+        return [Shape(L, M, D) for L in self.L for M in self.M for D in self.D]
+
+
+class ModelSpec(StrictModel):
+    param: ParamSpec = Field(default_factory=_paper_param)
+    activation: str = "tanh"
+    block: Literal["two-layer"] = "two-layer"
+
+    @field_validator("activation")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {v!r}; choose from {', '.join(ACTIVATIONS)}")
+        return v
+
+
+class DataSpec(StrictModel):
+    kind: Literal["gaussian"] = "gaussian"
+    N: Size = 10
+    d_in: Size = 5
+    d_out: Size = 5
+    seed: int = 0
+
+
+class TrainSpec(StrictModel):
+    steps: Size = 15
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    optimizer: Literal["gd"] = "gd"
+    loss: Literal["sum", "mean"] = "mean"
+
+
+class NetworkReference(StrictModel):
+    """A large finite network of ``shape`` (its ``D`` must cover the grid's)."""
+
+    kind: Literal["network"] = "network"
+    shape: tuple[Size, Size, Size]
+
+
+class LimitReference(StrictModel):
+    """An exact limit from ``reslim.limits``: ``get_limit(name, **options).solve(problem)``."""
+
+    kind: Literal["limit"] = "limit"
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+Reference = Annotated[NetworkReference | LimitReference, Field(discriminator="kind")]
+
+
+class AnalysisSpec(StrictModel):
+    step: int = Field(-1, description="step k of the fits (-1: the last)")
+    n_boot: int = Field(1000, ge=0)
+
+
+class ConvergenceSpec(SpecBase):
+    """Spec of the ``convergence`` kind."""
+
+    kind: Literal["convergence"] = "convergence"
+    grid: GridSpec
+    reference: Reference
+    repetitions: Size = 5
+    seed: int = 0
+    runs: list[Literal["embedding", "output"]] = Field(default_factory=lambda: list(ROLES), min_length=1)
+    store_h_last: bool = False
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> ConvergenceSpec:
+        self.model.param.build()  # unknown options fail here
+        if isinstance(self.reference, NetworkReference) and self.reference.shape[2] < max(self.grid.D):
+            raise ValueError(f"reference.shape: D = {self.reference.shape[2]} is smaller than the "
+                             f"largest grid D = {max(self.grid.D)}")
+        if not -self.train.steps - 1 <= self.analysis.step <= self.train.steps:
+            raise ValueError(f"analysis.step must be in -{self.train.steps + 1}..{self.train.steps}")
+        return self
+
+    @property
+    def embed_dim_max(self) -> int:
+        ref = self.reference
+        return ref.shape[2] if isinstance(ref, NetworkReference) else max(self.grid.D)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+_ROLE_ID = {"reference": 0, "embedding": 1, "output": 2}
+
+
+class Convergence(ExperimentKind):
+    spec_model = ConvergenceSpec
+
+    def __init__(self) -> None:
+        self._ref_cache: dict[str, dict[str, np.ndarray]] = {}
+
+    # --- expansion ----------------------------------------------------------------------------
+    def common(self, spec: ConvergenceSpec) -> dict[str, Any]:
+        return {"kind": "convergence", "model": spec.model.model_dump(mode="json"),
+                "data": spec.data.model_dump(mode="json"), "train": spec.train.model_dump(mode="json"),
+                "dtype": spec.dtype}
+
+    def reference_runs(self, spec: ConvergenceSpec) -> list[Run]:
+        ref = spec.reference.model_dump(mode="json")
+        runs = []
+        for rep in range(spec.repetitions):
+            config = {**self.common(spec), "role": "reference", "reference": ref, "rep": rep,
+                      "seed": _seed(spec.seed, _ROLE_ID["reference"], rep),
+                      "embed_seed": _seed(spec.seed, 99, rep), "embed_dim_max": spec.embed_dim_max}
+            if isinstance(spec.reference, NetworkReference):
+                config["shape"] = list(spec.reference.shape)
+            runs.append(self._run(config, stage=0))
+        return runs
+
+    def expand(self, spec: ConvergenceSpec) -> list[Run]:
+        refs = self.reference_runs(spec)
+        ref_keys = [r.key for r in refs]
+        runs = list(refs)
+        for role in spec.runs:
+            for shape in spec.grid.shapes():
+                L, M, D = shape.as_tuple()
+                for rep in range(spec.repetitions):
+                    coupled = role == "embedding"
+                    config = {**self.common(spec), "role": role, "shape": [L, M, D], "rep": rep,
+                              "seed": _seed(spec.seed, _ROLE_ID[role], L, M, D, rep),
+                              "embed_seed": _seed(spec.seed, 99, rep) if coupled else None,
+                              "embed_dim_max": spec.embed_dim_max if coupled else None,
+                              "reference_key": ref_keys[rep], "store_h_last": spec.store_h_last}
+                    runs.append(self._run(config, stage=1))
+        return runs
+
+    def _run(self, config: dict[str, Any], stage: int) -> Run:
+        batch_fields = {k: v for k, v in config.items() if k not in ("rep", "seed", "embed_seed",
+                                                                     "reference_key")}
+        N, K = config["data"]["N"], config["train"]["steps"]
+        itemsize = 8 if config["dtype"] == "float64" else 4
+        if "shape" in config:
+            L, M, D = config["shape"]
+            cost = 12.0 * L * M * D * N * K + 3e5 * L * K  # flops + per-layer overhead
+            mem = 2.5 * L * M * D * itemsize + 4 * (K + 1) * N * D * 8 * 2
+            label = f"{config['role']} (L={L}, M={M}, D={D})"
+        else:
+            cost, mem, label = 1e9, 0.0, f"reference limit {config['reference']['name']}"
+        return Run("convergence", config, group=run_key(batch_fields), stage=stage, cost=cost,
+                   mem=mem, label=label)
+
+    # --- execution (workers) ------------------------------------------------------------------
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        c = runs[0].config
+        if c["role"] == "reference" and c["reference"]["kind"] == "limit":
+            return [self._execute_limit(r) for r in runs]
+        t0 = time.perf_counter()
+        param = ParamSpec.model_validate(c["model"]["param"]).build()
+        coupled = c["embed_seed"] is not None
+        net = ResNet(Shape(*c["shape"]), param=param, d_in=c["data"]["d_in"], d_out=c["data"]["d_out"],
+                     block=c["model"]["block"], activation=c["model"]["activation"],
+                     seeds=[r.config["seed"] for r in runs],
+                     embed_seed=[r.config["embed_seed"] for r in runs] if coupled else None,
+                     embed_dim_max=c["embed_dim_max"], dtype=c["dtype"])
+        data = _data(c)
+        traj = train(net, data, steps=c["train"]["steps"], lr=c["train"]["lr"],
+                     optimizer=c["train"]["optimizer"], loss=c["train"]["loss"],
+                     record=("loss", "outputs", "h_last"))
+        del net
+        seconds = (time.perf_counter() - t0) / len(runs)
+        return [self._result(run, traj.select(b), seconds) for b, run in enumerate(runs)]
+
+    def _result(self, run: Run, traj: Trajectory, seconds: float) -> RunResult:
+        div = int(traj.diverged_at[0])
+        arrays = {"loss": traj.loss[:, 0], "outputs": traj.outputs[:, 0], "h_last": traj.h_last[:, 0]}
+        metrics = {"diverged_at": div, "final_loss": float(traj.loss[-1, 0])}
+        return RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays, seconds=seconds)
+
+    def _execute_limit(self, run: Run) -> RunResult:
+        """Hook for an exact limit as the reference (``reslim.limits``)."""
+        from ..limits.base import LimitProblem, get_limit
+
+        c = run.config
+        t0 = time.perf_counter()
+        param = ParamSpec.model_validate(c["model"]["param"]).build()
+        D, d_in, d_out = c["embed_dim_max"], c["data"]["d_in"], c["data"]["d_out"]
+        net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out, seeds=[c["seed"]],
+                     embed_seed=c["embed_seed"], embed_dim_max=D)
+        W_e = (net.W_e * net.mult("embed")).detach().numpy()
+        W_u = (net.W_u * net.mult("readout") * D).detach().numpy()
+        problem = LimitProblem(
+            data=_data(c), K=c["train"]["steps"], eta=c["train"]["lr"], alpha=param.alpha,
+            loss=c["train"]["loss"], activation=c["model"]["activation"], W_e=W_e, W_u=W_u,
+            embed_std=net.scales["embed"].init_std * net.mult("embed"),
+            readout_std=net.scales["readout"].init_std * net.mult("readout") * D)
+        traj = get_limit(c["reference"]["name"], **c["reference"]["options"]).solve(problem)
+        return self._result(run, traj.select(0), time.perf_counter() - t0)
+
+    # --- driver-side post-processing ----------------------------------------------------------
+    def _reference(self, key: str, store) -> dict[str, np.ndarray]:
+        if key not in self._ref_cache:
+            rec = store.get(key)
+            if rec is None or rec.status != "done":
+                raise RuntimeError(f"reference run {key} is {rec.status if rec else 'missing'}")
+            self._ref_cache[key] = store.arrays(key, ("outputs", "h_last"))
+        return self._ref_cache[key]
+
+    def finish(self, spec, run: Run, result: RunResult, store) -> RunResult:
+        from ...measure import embedding_error, output_error
+
+        c = run.config
+        if c["role"] == "reference":
+            return result
+        ref = self._reference(c["reference_key"], store)
+        a = result.arrays
+        div = result.metrics["diverged_at"]
+
+        def traj(outputs, h_last, diverged_at=-1):
+            return Trajectory(loss=np.zeros((outputs.shape[0], 1)), outputs=outputs[:, None],
+                              h_last=h_last[:, None], depth=np.zeros(1),
+                              diverged_at=np.array([diverged_at]))
+
+        t, r = traj(a["outputs"], a["h_last"], div), traj(ref["outputs"], ref["h_last"])
+        out = output_error(t, r, per_repetition=True)[:, 0]
+        result.metrics["output_error"] = _jsonable(out)
+        result.metrics["output_error_final"] = _jsonable(out[-1])
+        if c["role"] == "embedding":
+            emb = embedding_error(t, r, per_repetition=True)[:, 0]
+            result.metrics["embedding_error"] = _jsonable(emb)
+            result.metrics["embedding_error_final"] = _jsonable(emb[-1])
+        if not c.get("store_h_last"):
+            result.arrays.pop("h_last")
+        return result
+
+    # --- analysis and report ------------------------------------------------------------------
+    def analyse(self, spec, store):
+        from ..report.convergence import analyse
+
+        return analyse(self, spec, store)
+
+    def report(self, spec, store, analysis, figure_dir):
+        from ..report.convergence import sections
+
+        return sections(self, spec, store, analysis, figure_dir)
+
+    def summary(self, spec, analysis) -> list[str]:
+        from ..report.convergence import summary_lines
+
+        return summary_lines(analysis)
+
+
+def _data(c: dict[str, Any]):
+    d = c["data"]
+    return gaussian_data(d["N"], d["d_in"], d["d_out"], d["seed"])
+
+
+def _jsonable(x):
+    """Floats (NaN -> None) for JSON metrics."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 0:
+        v = float(arr)
+        return v if math.isfinite(v) else None
+    return [float(v) if math.isfinite(v) else None for v in arr]
+
+
+register_experiment("convergence", Convergence())

@@ -1,0 +1,253 @@
+"""Analysis and report sections of the ``convergence`` experiment kind."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import figures
+from .report import Section
+
+AXES = ("L", "M", "D")
+
+
+@dataclass
+class ConvergenceAnalysis:
+    step: int
+    runs: pd.DataFrame  # one row per stored run of the spec: role, L, M, D, rep, status, err
+    agg: pd.DataFrame  # one row per (role, shape): rms over included repetitions, counts
+    fits: pd.DataFrame  # power-law fits beside the theory's exponents
+    additive: dict[str, Any] = field(default_factory=dict)  # role -> AdditiveFit
+    power: dict[tuple[str, str], Any] = field(default_factory=dict)  # (role, axis) -> PowerLawFit
+    frontier: dict[str, pd.DataFrame] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_table(kind, spec, store) -> pd.DataFrame:
+    """Per stored run of ``spec``: role, shape, rep, status and the error lists."""
+    keys = {r.key for r in kind.expand(spec)}
+    rows = []
+    for rec in store.records(kind="convergence"):
+        if rec.key not in keys:
+            continue
+        c = rec.config
+        L, M, D = c.get("shape") or (0, 0, 0)
+        rows.append({"key": rec.key, "role": c["role"], "L": L, "M": M, "D": D, "P": L * M * D,
+                     "rep": c["rep"], "status": rec.status,
+                     "embedding_error": rec.metrics.get("embedding_error"),
+                     "output_error": rec.metrics.get("output_error")})
+    return pd.DataFrame(rows, columns=["key", "role", "L", "M", "D", "P", "rep", "status",
+                                       "embedding_error", "output_error"])
+
+
+def _at(v, step: int) -> float:
+    if not isinstance(v, list) or not v:
+        return math.nan
+    x = v[step]
+    return math.nan if x is None else float(x)
+
+
+def _matrix(runs: pd.DataFrame, role: str, metric: str, reps: int, shapes: list[tuple[int, int, int]],
+            step: int) -> np.ndarray:
+    """(n_shapes, reps) errors at ``step``; NaN for diverged, failed or missing runs."""
+    idx = {s: i for i, s in enumerate(shapes)}
+    out = np.full((len(shapes), reps), np.nan)
+    sel = runs[(runs["role"] == role) & (runs["status"] == "done")]
+    for r in sel.itertuples(index=False):
+        i = idx.get((r.L, r.M, r.D))
+        if i is not None and r.rep < reps:
+            out[i, r.rep] = _at(getattr(r, metric), step)
+    return out
+
+
+def _rms(m: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nanmean(m * m, axis=1)) if m.size else np.zeros(0)
+
+
+def analyse(kind, spec, store) -> ConvergenceAnalysis:
+    from ... import measure
+
+    step = spec.analysis.step if spec.analysis.step >= 0 else spec.train.steps + 1 + spec.analysis.step
+    runs = run_table(kind, spec, store)
+    shapes = [s.as_tuple() for s in spec.grid.shapes()]
+    reps = spec.repetitions
+    counts = runs["status"].value_counts().to_dict()
+    res = ConvergenceAnalysis(step, runs, pd.DataFrame(), pd.DataFrame(), counts=counts)
+    aggs, fit_rows = [], []
+    Lmax, Mmax, Dmax = max(spec.grid.L), max(spec.grid.M), max(spec.grid.D)
+    metric = {"embedding": "embedding_error", "output": "output_error"}
+    from ..experiments.convergence import PUBLISHED, THEORY_EXPONENTS
+
+    for role in spec.runs:
+        m = _matrix(runs, role, metric[role], reps, shapes, step)
+        sub = runs[runs["role"] == role]
+        agg = pd.DataFrame(shapes, columns=list(AXES))
+        agg["P"] = agg["L"] * agg["M"] * agg["D"]
+        agg["role"] = role
+        agg["rms"] = _rms(m)
+        agg["n"] = np.isfinite(m).sum(axis=1)
+        div = sub[sub["status"] == "diverged"].groupby(["L", "M", "D"]).size()
+        agg["n_diverged"] = [int(div.get(s, 0)) for s in shapes]
+        aggs.append(agg)
+
+        def fit(axis: str, fixed: dict[str, int], role=role, m=m, agg=agg):
+            mask = np.ones(len(shapes), bool)
+            for k, v in fixed.items():
+                mask &= agg[k].to_numpy() == v
+            x = agg.loc[mask, axis].to_numpy()
+            if len(np.unique(x)) < 2:
+                return
+            try:
+                f = measure.fit_power_law(x, m[mask], n_boot=spec.analysis.n_boot, seed=spec.seed)
+            except ValueError as err:
+                res.notes.append(f"{role} error vs {axis}: no fit ({err})")
+                return
+            res.power[(role, axis)] = f
+            held = ", ".join(f"{k}={v}" for k, v in fixed.items())
+            fit_rows.append(_fit_row(role, axis, held, f, THEORY_EXPONENTS[role][axis]))
+
+        fit("M", {"L": Lmax, "D": Dmax})
+        fit("D", {"L": Lmax, "M": Mmax})
+        fit("L", {"M": Mmax, "D": Dmax})
+        # P: the best shape at each budget (the lower envelope), as in the compute-optimal bound
+        order = agg[np.isfinite(agg["rms"])].sort_values(["P", "rms"])
+        best, keep = math.inf, []
+        for i, r in order.iterrows():
+            if r["rms"] < best:
+                best = r["rms"]
+                keep.append(i)
+        front = agg.loc[keep]
+        res.frontier[role] = front
+        if front["P"].nunique() >= 2:
+            try:
+                f = measure.fit_power_law(front["P"].to_numpy(), m[keep], n_boot=spec.analysis.n_boot,
+                                          seed=spec.seed)
+                res.power[(role, "P")] = f
+                fit_rows.append(_fit_row(role, "P", "best shape per P", f, THEORY_EXPONENTS[role]["P"],
+                                         PUBLISHED[role]["P"]))
+            except ValueError as err:
+                res.notes.append(f"{role} error vs P: no fit ({err})")
+        ok = np.isfinite(agg["rms"]).to_numpy() & (agg["rms"].to_numpy() > 0)
+        if ok.sum() >= 3:
+            try:
+                res.additive[role] = measure.fit_additive(
+                    agg["L"].to_numpy()[ok], agg["M"].to_numpy()[ok], agg["D"].to_numpy()[ok], m[ok],
+                    kind=role, n_boot=min(spec.analysis.n_boot, 200), seed=spec.seed)
+            except ValueError as err:
+                res.notes.append(f"{role} additive model: no fit ({err})")
+    res.agg = pd.concat(aggs, ignore_index=True) if aggs else pd.DataFrame()
+    res.fits = pd.DataFrame(fit_rows)
+    return res
+
+
+def _fit_row(role, axis, held, f, theory, published=None) -> dict[str, Any]:
+    lo, hi = f.exponent_ci
+    return {"error": role, "against": axis, "held at": held, "exponent": f.exponent,
+            "CI low": lo, "CI high": hi, "theory": theory, "constant": f.constant,
+            "published constant": published if published is not None else math.nan,
+            "points": f.n_points}
+
+
+def summary_lines(res: ConvergenceAnalysis) -> list[str]:
+    lines = [f"fitted exponents at step k={res.step} (theory in brackets):"]
+    for r in res.fits.to_dict("records"):
+        lines.append(f"  {r['error']:>9} error vs {r['against']} ({r['held at']}): "
+                     f"{r['exponent']:+.3f} [{r['CI low']:+.3f}, {r['CI high']:+.3f}]"
+                     f"  (theory {r['theory']:+.3f})")
+    for role, f in res.additive.items():
+        c = f.coefficients
+        lines.append(f"  {role} model err^2 = {' + '.join(f.terms)}: a={c['a']:.3g} b={c['b']:.3g} "
+                     f"c={c['c']:.3g}")
+    n_div, n_fail = res.counts.get("diverged", 0), res.counts.get("failed", 0)
+    if n_div or n_fail:
+        lines.append(f"  {n_div} diverged and {n_fail} failed runs excluded")
+    return lines
+
+
+def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Section]:
+    from ..experiments.convergence import PUBLISHED
+
+    out = []
+    fit_sec = Section("Fitted rates", [
+        f"Errors at GD step k = {res.step} against the reference "
+        f"({spec.reference.model_dump(mode='json')}); RMS over coordinates d <= D, samples and "
+        "repetitions (diverged repetitions excluded, never set to zero). Power laws are fitted "
+        "in log-log with 95% bootstrap intervals over repetitions; the P fit uses the best shape "
+        "at each P. Theory (theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "
+        "P^(-1/6) at the compute-optimal shape; output error 1/L + D/(LM) + 1/sqrt(D), P^(-1/5).",
+        *res.notes])
+    if len(res.fits):
+        fit_sec.tables.append(("Power-law fits beside the theory's exponents", res.fits))
+    rows = []
+    for role, f in res.additive.items():
+        pub = PUBLISHED[role]
+        for name, term in zip(("a", "b", "c"), f.terms, strict=True):
+            lo, hi = f.coefficient_ci[name]
+            rows.append({"error": role, "term of err^2": term, "coefficient": name,
+                         "fitted": f.coefficients[name], "CI low": lo, "CI high": hi,
+                         "published (theory.md §3.1)": pub.get(name, math.nan)})
+    if rows:
+        fit_sec.tables.append(("Additive models (non-negative coefficients); published curves at k = 15",
+                               pd.DataFrame(rows)))
+    out.append(fit_sec)
+
+    figs = Section("Figures")
+    agg = res.agg
+    Lmax, Mmax = max(spec.grid.L), max(spec.grid.M)
+    label = {"embedding": "embedding error |h_L - h_L^ref|", "output": "output error |y - y^ref|"}
+    for role in spec.runs:
+        a = agg[agg["role"] == role]
+        model = res.additive.get(role)
+        if len(spec.grid.D) > 1:
+            figs.figures.append(figures.save(
+                figures.error_vs_axis(a, "D", "M", {"L": Lmax}, label[role], model), fig_dir,
+                f"convergence-{role}-vs-D", f"{role} error vs D, one line per M (L = {Lmax})"))
+        if len(spec.grid.M) > 1:
+            figs.figures.append(figures.save(
+                figures.error_vs_axis(a, "M", "D", {"L": Lmax}, label[role], model), fig_dir,
+                f"convergence-{role}-vs-M", f"{role} error vs M, one line per D (L = {Lmax})"))
+        if len(spec.grid.L) > 1:
+            figs.figures.append(figures.save(
+                figures.error_vs_axis(a, "L", "D", {"M": Mmax}, label[role], model), fig_dir,
+                f"convergence-{role}-vs-L", f"{role} error vs L, one line per D (M = {Mmax})"))
+        pub = PUBLISHED[role]
+        guides = {"P^(-1/6) (published 2 P^-1/6)": (2.0, -1 / 6),
+                  "P^(-1/5) (published 0.7 P^-1/5)": (0.7, -1 / 5)}
+        figs.figures.append(figures.save(
+            figures.error_vs_P(a, label[role], res.frontier.get(role), res.power.get((role, "P")), guides),
+            fig_dir, f"convergence-{role}-vs-P",
+            f"{role} error vs P = LMD with P^(-1/6) and P^(-1/5) guides (theory exponent "
+            f"{pub['P_exponent']:.3f})"))
+    figs.figures.append(figures.save(figures.losses(*_loss_curves(kind, spec, store)), fig_dir,
+                                     "convergence-loss", "training loss per shape (coupled run)"))
+    out.append(figs)
+    return out
+
+
+def _loss_curves(kind, spec, store):
+    """Mean training loss over repetitions per shape (embedding run, else output), and the
+    reference's."""
+    role = spec.runs[0]
+    per_shape: dict[tuple, list[np.ndarray]] = {}
+    ref = []
+    for rec in store.records(kind="convergence", status="done"):
+        c = rec.config
+        if c["role"] not in (role, "reference"):
+            continue
+        loss = store.arrays(rec.key, ["loss"]).get("loss")
+        if loss is None:
+            continue
+        if c["role"] == "reference":
+            ref.append(loss)
+        else:
+            per_shape.setdefault(tuple(c["shape"]), []).append(loss)
+    wanted = {s.as_tuple() for s in spec.grid.shapes()}
+    curves = [(str(s), np.mean(v, axis=0), s[0] * s[1] * s[2]) for s, v in sorted(per_shape.items())
+              if s in wanted]
+    return curves, (np.mean(ref, axis=0) if ref else None)

@@ -1,0 +1,167 @@
+"""Reports: ``report.md`` and a self-contained ``report.html`` (figures embedded as base64 PNG)
+built from an output directory's store. The generic part (spec, run counts, failures) is here;
+experiment kinds contribute :class:`Section`\\ s through :meth:`ExperimentKind.report`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FIGURE_DIR = "figures"
+
+
+@dataclass
+class FigureRef:
+    """A figure written to disk as PNG (and SVG)."""
+
+    png: Path
+    caption: str = ""
+    svg: Path | None = None
+
+
+@dataclass
+class Section:
+    """A report section: paragraphs (Markdown-light text), tables and figures, in that order."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[FigureRef] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    paths: dict[str, Path]
+    analysis: Any
+    summary: list[str]
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if pd.isna(v) else f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def render_markdown(title: str, sections: list[Section], base: Path) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        for p in s.paragraphs:
+            out += [p, ""]
+        for caption, df in s.tables:
+            if caption:
+                out += [f"**{caption}**", ""]
+            out += [markdown_table(df), ""]
+        for f in s.figures:
+            out += [f"![{f.caption}]({f.png.relative_to(base).as_posix()})", ""]
+            if f.caption:
+                out += [f"*{f.caption}*", ""]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f2f2f2}img{max-width:100%}figure{margin:1em 0}
+figcaption{font-size:.9em;color:#555}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then render ``code`` spans."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        for p in s.paragraphs:
+            if p.startswith("```"):
+                body.append(f"<pre>{html.escape(p.strip('`').strip())}</pre>")
+            elif p.startswith("- "):
+                items = "".join(f"<li>{_inline(x[2:])}</li>" for x in p.splitlines())
+                body.append(f"<ul>{items}</ul>")
+            else:
+                body.append(f"<p>{_inline(p)}</p>")
+        for caption, df in s.tables:
+            if caption:
+                body.append(f"<p><b>{html.escape(caption)}</b></p>")
+            body.append(df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0))
+        for f in s.figures:
+            data = base64.b64encode(f.png.read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(f.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def overview_section(spec, store) -> Section:
+    """Spec, run counts by status (diverged and failed are counted, never hidden), failures."""
+    df = store.dataframe()
+    keys = {r.key for r in _expand(spec)}
+    mine = df[df["key"].isin(keys)] if len(df) else df
+    counts = mine["status"].value_counts().to_dict() if len(mine) else {}
+    total = len(keys)
+    missing = total - len(mine)
+    paras = [
+        f"Experiment `{spec.name}` (kind `{spec.kind}`): {total} runs — "
+        f"{counts.get('done', 0)} done, {counts.get('diverged', 0)} diverged (excluded from fits), "
+        f"{counts.get('failed', 0)} failed, {missing} not run.",
+    ]
+    if spec.description:
+        paras.insert(0, spec.description)
+    paras.append("```\n" + json.dumps(spec.config(), indent=1) + "\n```")
+    section = Section("Overview", paras)
+    failed = mine[mine["status"] == "failed"] if len(mine) else mine
+    if len(failed):
+        section.tables.append(("Failed runs", failed[["label", "error"]].head(20)))
+    return section
+
+
+def _expand(spec):
+    from ..experiments.registry import get_experiment
+
+    return get_experiment(spec.kind).expand(spec)
+
+
+def write_report(out: str | Path, spec=None) -> ReportResult:
+    """Analyse the store in ``out`` and write ``report.md``, ``report.html`` and figures there.
+
+    ``spec``: the spec to report on (default: the one stored with the results).
+    """
+    from ..experiments.registry import get_experiment
+    from ..experiments.spec import validate_spec
+    from ..experiments.store import Store
+
+    out = Path(out)
+    with Store(out, create=False) as store:
+        if spec is None:
+            data = store.get_meta("spec")
+            if data is None:
+                raise ValueError(f"{out}: the store holds no spec")
+            spec = validate_spec(data)
+        kind = get_experiment(spec.kind)
+        analysis = kind.analyse(spec, store)
+        fig_dir = out / FIGURE_DIR
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        sections = [overview_section(spec, store), *kind.report(spec, store, analysis, fig_dir)]
+        summary = kind.summary(spec, analysis)
+    title = f"reslim report: {spec.name}"
+    md, htm = out / "report.md", out / "report.html"
+    md.write_text(render_markdown(title, sections, out))
+    htm.write_text(render_html(title, sections))
+    return ReportResult({"markdown": md, "html": htm}, analysis, summary)
