@@ -39,27 +39,27 @@ def test_manual_gradients_equal_autograd(name, block, loss):
     net = ResNet(SHAPE, param=name, d_in=3, d_out=2, block=block, activation="tanh", seeds=[0, 7],
                  train_embedding=True, train_readout=True)
     X = torch.as_tensor(data.X)
-    Yt = torch.as_tensor(data.Y).T
+    Yt = torch.as_tensor(data.Y)
     cache = net.forward_cached(X)
     _, dy = loss_and_grad(cache.y, Yt, loss)
     cap = _Capture(net)
     net.backward_update(X, cache, dy, cap)
 
     y = net(X)  # autograd path, (B, N, d_out)
-    risk, _ = loss_and_grad(y.mT, Yt, loss)
+    risk, _ = loss_and_grad(y, Yt, loss)
     risk.sum().backward()
     for role, tensor in net.role_tensors().items():
         assert tensor.grad is not None, role
         np.testing.assert_allclose(cap.grads[role].numpy(), tensor.grad.numpy(), rtol=1e-10,
                                    atol=1e-13, err_msg=f"{name}/{block}/{role}")
-    np.testing.assert_allclose(cache.y.mT.numpy(), y.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(cache.y.numpy(), y.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu", "identity"])
 def test_gradients_every_activation_against_finite_differences(activation):
     data = gaussian_data(N=4, d_in=2, d_out=2, seed=3)
     net = ResNet(Shape(2, 3, 4), param="mlu", d_in=2, d_out=2, activation=activation, seeds=[5])
-    X, Yt = torch.as_tensor(data.X), torch.as_tensor(data.Y).T
+    X, Yt = torch.as_tensor(data.X), torch.as_tensor(data.Y)
     cache = net.forward_cached(X)
     _, dy = loss_and_grad(cache.y, Yt, "sum")
     cap = _Capture(net)
@@ -93,11 +93,11 @@ def test_gd_and_adam_match_torch_optim(name):
         groups = [{"params": [t], "lr": eta * ref.scales[r].lr(family)}
                   for r, t in ref.role_tensors().items() if t.requires_grad]
         opt = torch_opt(groups)
-        X, Yt = torch.as_tensor(data.X), torch.as_tensor(data.Y).T
+        X, Yt = torch.as_tensor(data.X), torch.as_tensor(data.Y)
         losses = []
         for k in range(5):
             opt.zero_grad()
-            risk, _ = loss_and_grad(ref(X).mT, Yt, "mean")
+            risk, _ = loss_and_grad(ref(X), Yt, "mean")
             losses.append(risk.detach().numpy().copy())
             if k < 4:
                 risk.sum().backward()

@@ -4,8 +4,8 @@ Array shapes (``B`` networks, ``N`` samples)::
 
     W_e : (B, D, d_in)     U, V : (L, B, D, M)   (two-layer blocks)
     W_u : (B, D, d_out)    W    : (L, B, D, D)   (one-layer blocks)
-    hidden states h_l : (B, D, N)  (columns are samples, as H in theory.md §2.1)
-    pre-activations p_l : (B, M, N); outputs y : (B, d_out, N)
+    hidden states h_l : (B, N, D)  (samples are rows; H of theory.md §2.1 is its transpose)
+    pre-activations p_l : (B, N, M); outputs y : (B, N, d_out)
 
 Forward (effective scales from the :class:`Parameterization`)::
 
@@ -58,10 +58,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 class ForwardCache:
     """What the manual backward needs: h_l for l = 0..L, pre-activations and activations."""
 
-    hidden: list[torch.Tensor]  # L+1 tensors (B, D, N)
-    pre: list[torch.Tensor]  # L tensors (B, M, N) (two-layer) or (B, D, N) (one-layer)
+    hidden: list[torch.Tensor]  # L+1 tensors (B, N, D)
+    pre: list[torch.Tensor]  # L tensors (B, N, M) (two-layer) or (B, N, D) (one-layer)
     act: list[torch.Tensor]  # sigma(pre), same shapes
-    y: torch.Tensor  # (B, d_out, N)
+    y: torch.Tensor  # (B, N, d_out)
 
 
 class ResNet(nn.Module):
@@ -112,8 +112,6 @@ class ResNet(nn.Module):
         L, M, D = self.shape.as_tuple()
         B = len(self.seeds)
 
-        blocks: dict[str, list[torch.Tensor]] = {r: [] for r in self.block_roles}
-        W_e, W_u = [], []
         if embed_seed is not None:
             embed_seeds = [embed_seed] * B if isinstance(embed_seed, int) else list(embed_seed)
             if len(embed_seeds) != B:
@@ -121,10 +119,20 @@ class ResNet(nn.Module):
             d_max = D if embed_dim_max is None else int(embed_dim_max)
             if d_max < D:
                 raise ValueError(f"embed_dim_max ({d_max}) must be >= D ({D})")
+        # Block weights are drawn straight into their stacked (L, B, D, cols) home, one
+        # network at a time, so a large network costs one float64 draw and no extra copies.
+        for role in self.block_roles:
+            cols = M if role in ("U", "V") else D
+            stacked = torch.empty(L, B, D, cols, dtype=torch.float64)
+            for b, seed in enumerate(self.seeds):
+                gen = torch.Generator().manual_seed(derive_seed(seed, _STREAM[role]))
+                if B == 1:
+                    torch.randn(L, 1, D, cols, generator=gen, dtype=torch.float64, out=stacked)
+                else:
+                    stacked[:, b] = torch.randn(L, D, cols, generator=gen, dtype=torch.float64)
+            self.register_parameter(role, self._home(stacked, role, True, device))
+        W_e, W_u = [], []
         for b, seed in enumerate(self.seeds):
-            for role in self.block_roles:
-                cols = M if role in ("U", "V") else D
-                blocks[role].append(standard_normal(derive_seed(seed, _STREAM[role]), L, D, cols))
             if embed_seed is None:
                 W_e.append(standard_normal(derive_seed(seed, _STREAM["embed"]), D, d_in))
                 W_u.append(standard_normal(derive_seed(seed, _STREAM["readout"]), D, d_out))
@@ -133,16 +141,14 @@ class ResNet(nn.Module):
                 W_e.append(standard_normal(derive_seed(e_seed, _STREAM["embed"]), d_max, d_in)[:D])
                 W_u.append(
                     standard_normal(derive_seed(e_seed, _STREAM["readout"]), d_max, d_out)[:D])
+        self.W_e = self._home(torch.stack(W_e), "embed", self.train_embedding, device)
+        self.W_u = self._home(torch.stack(W_u), "readout", self.train_readout, device)
 
-        def make(t: torch.Tensor, role: str, trainable: bool) -> nn.Parameter:
-            t = (t * self.scales[role].init_std).to(device=device, dtype=self.dtype)
-            return nn.Parameter(t.contiguous(), requires_grad=trainable)
-
-        for role in self.block_roles:
-            stacked = torch.stack(blocks[role], dim=1)  # (L, B, D, cols)
-            self.register_parameter(role, make(stacked, role, True))
-        self.W_e = make(torch.stack(W_e), "embed", self.train_embedding)
-        self.W_u = make(torch.stack(W_u), "readout", self.train_readout)
+    def _home(self, draws: torch.Tensor, role: str, trainable: bool, device) -> nn.Parameter:
+        """Scale float64 standard-normal draws by the role's init std; cast; move."""
+        draws.mul_(self.scales[role].init_std)
+        t = draws.to(device=device, dtype=self.dtype).contiguous()
+        return nn.Parameter(t, requires_grad=trainable)
 
     # ---------------------------------------------------------------------------------
     @property
@@ -180,48 +186,50 @@ class ResNet(nn.Module):
         return tuple(roles)
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
-        """``(N, d_in)`` or ``(B, N, d_in)`` samples -> ``(d_in, N)`` or ``(B, d_in, N)``."""
+        """Samples ``(N, d_in)`` (or ``(B, N, d_in)``) as a tensor of the network's dtype."""
         X = torch.as_tensor(X, dtype=self.dtype, device=self.device)
         if X.shape[-1] != self.d_in:
             raise ValueError(f"inputs have {X.shape[-1]} features, the network expects {self.d_in}")
-        return X.transpose(-1, -2)
+        return X
 
     # --- differentiable forward (autograd) ----------------------------------------------
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Outputs ``(B, N, d_out)`` for inputs ``(N, d_in)``; ordinary autograd ops."""
         act = self.activation.fn
-        h = self.mult("embed") * torch.matmul(self.W_e, self.inputs(X))
+        h = self.mult("embed") * torch.matmul(self.inputs(X), self.W_e.mT)  # (B, N, D)
         for l in range(self.shape.L):
             if self.block == "two-layer":
-                p = self.mult("U") * torch.matmul(self.U[l].mT, h)
-                h = h + self.beta * self.mult("V") * torch.matmul(self.V[l], act(p))
+                p = self.mult("U") * torch.matmul(h, self.U[l])
+                h = h + self.beta * self.mult("V") * torch.matmul(act(p), self.V[l].mT)
             else:
-                h = h + self.beta * self.mult("W") * torch.matmul(self.W[l], act(h))
-        return (self.mult("readout") * torch.matmul(self.W_u.mT, h)).mT
+                h = h + self.beta * self.mult("W") * torch.matmul(act(h), self.W[l].mT)
+        return self.mult("readout") * torch.matmul(h, self.W_u)
 
     # --- manual forward / backward (the trainer's fast path) ----------------------------
+    # Samples are rows: h (B, N, D), p (B, N, M). MKL's skinny GEMMs are about twice as fast
+    # in this form (h^T U, a^T V^T) as with samples as columns.
     @torch.no_grad()
     def forward_cached(self, X: torch.Tensor) -> ForwardCache:
         """Forward pass keeping every h_l, pre-activation and activation (``X``: (N, d_in))."""
         act = self.activation.fn
-        h = self.mult("embed") * torch.matmul(self.W_e, self.inputs(X))
+        h = self.mult("embed") * torch.matmul(self.inputs(X), self.W_e.mT)
         if h.dim() == 2:
             h = h.expand(self.batch_size, -1, -1)
         hidden, pre, acts = [h], [], []
         coef = self.beta * self.mult("V" if self.block == "two-layer" else "W")
         for l in range(self.shape.L):
             if self.block == "two-layer":
-                p = torch.bmm(self.U[l].mT, h)
+                p = torch.bmm(h, self.U[l])
                 p.mul_(self.mult("U"))
                 a = act(p)
-                h = torch.baddbmm(h, self.V[l], a, alpha=coef)
+                h = torch.baddbmm(h, a, self.V[l].mT, alpha=coef)
             else:
                 p, a = h, act(h)
-                h = torch.baddbmm(h, self.W[l], a, alpha=coef)
+                h = torch.baddbmm(h, a, self.W[l].mT, alpha=coef)
             pre.append(p)
             acts.append(a)
             hidden.append(h)
-        y = self.mult("readout") * torch.bmm(self.W_u.mT, h)
+        y = self.mult("readout") * torch.bmm(h, self.W_u)
         return ForwardCache(hidden, pre, acts, y)
 
     @torch.no_grad()
@@ -233,7 +241,7 @@ class ResNet(nn.Module):
         update: BlockUpdate,
         backward_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Backpropagate ``dy = dR/dy`` (B, d_out, N) and hand every layer's gradient to
+        """Backpropagate ``dy = dR/dy`` (B, N, d_out) and hand every layer's gradient to
         ``update`` as soon as it is known (after the gradient below it no longer needs the
         layer's old weights), so weights are changed in place block by block.
 
@@ -242,29 +250,29 @@ class ResNet(nn.Module):
         """
         bw = backward_weights or {}
         grad_act = self.activation.grad
-        g = self.mult("readout") * torch.bmm(self.W_u, dy)  # dR/dh_L, (B, D, N)
+        g = self.mult("readout") * torch.bmm(dy, self.W_u.mT)  # dR/dh_L, (B, N, D)
         if self.train_readout:
-            update.apply("readout", None, cache.hidden[-1], dy.mT, self.mult("readout"))
+            update.apply("readout", None, cache.hidden[-1].mT, dy, self.mult("readout"))
         if self.block == "two-layer":
             cV, cU = self.beta * self.mult("V"), self.mult("U")
             U_b, V_b = bw.get("U", self.U), bw.get("V", self.V)
             for l in range(self.shape.L - 1, -1, -1):
                 p, a, h = cache.pre[l], cache.act[l], cache.hidden[l]
-                ga = torch.bmm(V_b[l].mT, g)  # dR/da / cV, (B, M, N)
-                update.apply("V", l, g, a.mT, cV)
-                gp = ga.mul_(grad_act(p, a)).mul_(cV)  # dR/dp, (B, M, N)
-                g = torch.baddbmm(g, U_b[l], gp, alpha=cU)
-                update.apply("U", l, h, gp.mT, cU)
+                ga = torch.bmm(g, V_b[l])  # dR/da / cV, (B, N, M)
+                update.apply("V", l, g.mT, a, cV)
+                gp = ga.mul_(grad_act(p, a)).mul_(cV)  # dR/dp, (B, N, M)
+                g = torch.baddbmm(g, gp, U_b[l].mT, alpha=cU)
+                update.apply("U", l, h.mT, gp, cU)
         else:
             cW = self.beta * self.mult("W")
             W_b = bw.get("W", self.W)
             for l in range(self.shape.L - 1, -1, -1):
                 p, a = cache.pre[l], cache.act[l]
-                ga = torch.bmm(W_b[l].mT, g)
-                update.apply("W", l, g, a.mT, cW)
+                ga = torch.bmm(g, W_b[l])
+                update.apply("W", l, g.mT, a, cW)
                 g = g + ga.mul_(grad_act(p, a)).mul_(cW)
         if self.train_embedding:
-            update.apply("embed", None, g, self.inputs(X).mT, self.mult("embed"))
+            update.apply("embed", None, g.mT, self.inputs(X), self.mult("embed"))
 
 
 _STREAM = {"U": 1, "V": 2, "W": 3, "embed": 4, "readout": 5}

@@ -86,11 +86,11 @@ class _AdamUpdate(BlockUpdate):
             mirror[layer].add_(delta)
 
 
-def loss_and_grad(y: torch.Tensor, Yt: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Risk per network (B,) and ``dR/dy`` (B, d_out, N) for outputs ``y`` (B, d_out, N)."""
-    N, d_out = y.shape[-1], y.shape[-2]
+def loss_and_grad(y: torch.Tensor, Y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Risk per network (B,) and ``dR/dy`` (B, N, d_out) for outputs ``y`` (B, N, d_out)."""
+    N, d_out = y.shape[-2], y.shape[-1]
     c = N * (d_out if loss == "mean" else 1)
-    r = y - Yt
+    r = y - Y
     return 0.5 * r.square().sum(dim=(-1, -2)) / c, r / c
 
 
@@ -173,7 +173,7 @@ def train(
         update = _SGDUpdate(model, lrs, mirrors)
 
     X = torch.as_tensor(data.X, dtype=model.dtype, device=model.device)
-    Yt = torch.as_tensor(data.Y, dtype=model.dtype, device=model.device).T
+    Y = torch.as_tensor(data.Y, dtype=model.dtype, device=model.device)
     full_batch = batch_size is None or batch_size >= data.N
     rng = np.random.default_rng(data_seed)
     B = model.batch_size
@@ -186,24 +186,24 @@ def train(
         return t.detach().to("cpu", torch.float64).numpy()
 
     def record_step(k: int, cache) -> torch.Tensor:
-        risk, dy = loss_and_grad(cache.y, Yt, loss)
+        risk, dy = loss_and_grad(cache.y, Y, loss)
         bad = ~torch.isfinite(risk).cpu().numpy() & (diverged_at < 0)
         diverged_at[bad] = k
         recs["loss"].append(to_np(risk))
         if "outputs" in record:
-            recs["outputs"].append(to_np(cache.y.mT))
+            recs["outputs"].append(to_np(cache.y))
         if "h_last" in record:
-            recs["h_last"].append(to_np(cache.hidden[-1].mT))
+            recs["h_last"].append(to_np(cache.hidden[-1]))
         if "hidden" in record:
-            recs["hidden"].append(to_np(torch.stack(cache.hidden, 1).mT))
+            recs["hidden"].append(to_np(torch.stack(cache.hidden, 1)))
         if "pre" in record:
-            recs["pre"].append(to_np(torch.stack(cache.pre, 1).mT))
+            recs["pre"].append(to_np(torch.stack(cache.pre, 1)))
         if "test_loss" in record:
             if data.X_test is None:
                 raise ValueError("test_loss was requested but the data has no test split")
             test_cache = model.forward_cached(torch.as_tensor(data.X_test, dtype=model.dtype,
                                                               device=model.device))
-            Ytest = torch.as_tensor(data.Y_test, dtype=model.dtype, device=model.device).T
+            Ytest = torch.as_tensor(data.Y_test, dtype=model.dtype, device=model.device)
             recs["test_loss"].append(to_np(loss_and_grad(test_cache.y, Ytest, loss)[0]))
         return dy
 
@@ -224,7 +224,7 @@ def train(
             idx = torch.as_tensor(np.sort(rng.choice(data.N, size=batch_size, replace=False)),
                                   device=model.device)
             mb_cache = model.forward_cached(X[idx])
-            _, mb_dy = loss_and_grad(mb_cache.y, Yt[:, idx], loss)
+            _, mb_dy = loss_and_grad(mb_cache.y, Y[idx], loss)
             model.backward_update(X[idx], mb_cache, mb_dy, update, mirrors)
 
     arrays = {name: np.stack(vals) for name, vals in recs.items()}
