@@ -90,14 +90,14 @@ def read_spec_source(source: str | Path) -> tuple[dict[str, Any], str]:
     return data, origin
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str = "") -> Any:
     """A ``--set`` value: parsed as TOML (``[16,32]``, ``1e-3``, ``true``, ``{kind="network"}``),
     else kept as a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         if any(c in text for c in "[]{}=\"'"):
-            raise SpecError(f"cannot parse value {text!r} as TOML") from None
+            raise SpecError(f"{key or 'value'}: cannot parse {text!r} as TOML") from None
         return text
 
 
@@ -117,7 +117,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if not isinstance(child, dict):
                 raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
             node = child
-        node[parts[-1]] = parse_value(value)
+        node[parts[-1]] = parse_value(value, key)
     return out
 
 
