@@ -174,10 +174,17 @@ class LocalExecutor(Executor):
 
 
 EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+#: modules that register further executors, imported on a miss (``ray``: optional extra)
+EXECUTOR_MODULES = {"ray": "reslim._src.experiments.ray_executor"}
 
 
 def make_executor(name: str = "local", **options) -> Executor:
-    """An executor by name (``local``; ``ray`` once registered in :data:`EXECUTORS`)."""
+    """An executor by name (``local``, ``ray``; see :data:`EXECUTORS`)."""
+    if name not in EXECUTORS and name in EXECUTOR_MODULES:
+        import importlib
+
+        importlib.import_module(EXECUTOR_MODULES[name])
     if name not in EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+        known = ", ".join(sorted({*EXECUTORS, *EXECUTOR_MODULES}))
+        raise ValueError(f"unknown executor {name!r}; choose from {known}")
     return EXECUTORS[name](**options)
