@@ -8,7 +8,8 @@ learning rate ``lr * lr_r(shape)``; ``lr`` may be one number or one per network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -120,6 +121,29 @@ def _lr_tensor(lr: float | Sequence[float], model: ResNet) -> float | torch.Tens
     return torch.tensor(lrs, dtype=model.dtype, device=model.device)
 
 
+SMALL_WORK = 2e5  # elements per block GEMM below which intra-op threads cost more than they give
+
+
+@contextmanager
+def thread_budget(model: ResNet, n_samples: int) -> Iterator[None]:
+    """Run small networks on one CPU thread.
+
+    Each block GEMM of a small network touches ~B*N*M*D elements; below ``SMALL_WORK`` the
+    OpenMP fork/join of every op costs more than it gives (and stalls badly on a loaded
+    machine: 10x and worse was measured on 2 busy cores). The setting is restored afterwards.
+    """
+    L, M, D = model.shape.as_tuple()
+    small = model.device.type == "cpu" and model.batch_size * n_samples * max(M, D) * D < SMALL_WORK
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def train(
     model: ResNet,
     data: Dataset,
@@ -145,6 +169,14 @@ def train(
     independently initialised copies of the block weights that receive the same updates.
     Records: any of ``loss, outputs, h_last, hidden, pre, test_loss``.
     """
+    with thread_budget(model, data.N):
+        return _train(model, data, steps=steps, lr=lr, optimizer=optimizer, loss=loss,
+                      batch_size=batch_size, record=record, gia=gia, data_seed=data_seed,
+                      adam_betas=adam_betas, adam_eps=adam_eps, callback=callback)
+
+
+def _train(model, data, *, steps, lr, optimizer, loss, batch_size, record, gia, data_seed,
+           adam_betas, adam_eps, callback) -> Trajectory:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if optimizer not in OPTIMIZERS:
