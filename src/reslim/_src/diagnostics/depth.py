@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from ..models.resnet import ResNet
+from ..scaling.parameterization import get_parameterization
 from ..training.data import Dataset
 from ..training.trainer import train
 
@@ -199,7 +200,7 @@ def feature_updates(model: ResNet, U0: torch.Tensor, cache0, X: torch.Tensor) ->
         dU = model.U - U0
         out = {k: [] for k in ("dp_own", "dp", "dh", "dbranch")}
         for l in range(model.shape.L):
-            own = model.mult("U") * torch.bmm(dU[l].mT, c.hidden[l])
+            own = model.mult("U") * torch.bmm(c.hidden[l], dU[l])  # (B, N, M)
             out["dp_own"].append(_rms(own))
             out["dp"].append(_rms(c.pre[l] - cache0.pre[l]))
             out["dh"].append(_rms(c.hidden[l + 1] - cache0.hidden[l + 1]))
@@ -246,14 +247,8 @@ def first_layer_collapse(
                 raise ValueError(f"corrections must be >= 0, got {corr}")
             for L in depths:
                 t0 = time.perf_counter()
-                if corr == 0:
-                    from ..scaling.parameterization import get_parameterization
-
-                    param = get_parameterization("depth-mup")
-                else:
-                    from ..scaling.parameterization import get_parameterization
-
-                    param = get_parameterization("depth-mup-corrected", correction=corr)
+                param = (get_parameterization("depth-mup") if corr == 0
+                         else get_parameterization("depth-mup-corrected", correction=corr))
                 model = ResNet((L, width, width), param=param, d_in=data.d_in, d_out=data.d_out,
                                block="two-layer", activation=activation, seeds=seeds, dtype=dtype)
                 Xm = X.to(model.dtype)

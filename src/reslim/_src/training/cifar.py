@@ -1,0 +1,121 @@
+"""CIFAR-10 from the user's disk (never downloaded): the binary version read with NumPy, or the
+python version through torchvision when it is installed (an optional dependency).
+
+Binary format (``cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin``): records of
+``1 + 3072`` bytes, a label in 0..9 then the 32x32 image as R, G, B planes in row-major order.
+Images become float64 inputs: scaled to [0, 1], optionally averaged over channels
+(``grayscale``) and average-pooled by ``pool`` (32 / pool pixels a side), flattened to
+``d_in = channels * (32/pool)^2`` and centred by the training mean; targets are one-hot (10).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset
+
+RECORD = 1 + 3 * 32 * 32
+TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+TEST_FILE = "test_batch.bin"
+URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def read_cifar_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One binary batch file -> images ``(n, 3, 32, 32)`` uint8 and labels ``(n,)`` int64."""
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % RECORD:
+        raise ValueError(f"{path}: size {raw.size} bytes is not a multiple of the CIFAR-10 record "
+                         f"size {RECORD}")
+    rec = raw.reshape(-1, RECORD)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path}: labels must be in 0..9, found {labels.max()}")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _locate(data_dir: str | Path | None) -> tuple[str, Path]:
+    """``("bin" | "py", directory)`` of the CIFAR-10 batches under ``data_dir``."""
+    if data_dir is None or str(data_dir) == "":
+        raise ValueError("data.dir: CIFAR-10 needs the directory holding the data "
+                         "(--set data.dir=PATH); it is never downloaded")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data.dir: {root} is not a directory")
+    for cand in (root / "cifar-10-batches-bin", root):
+        if all((cand / f).is_file() for f in (*TRAIN_FILES, TEST_FILE)):
+            bin_dir = cand
+            break
+    else:
+        bin_dir = None
+    py_dir = root / "cifar-10-batches-py"
+    if py_dir.is_dir():
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            if bin_dir is None:
+                raise ValueError(f"data.dir: {py_dir} holds the python version of CIFAR-10, which is "
+                                 "read through torchvision, and torchvision is not installed; install "
+                                 "it or put the binary version (cifar-10-batches-bin) there") from None
+        else:
+            return "py", root
+    if bin_dir is not None:
+        return "bin", bin_dir
+    raise ValueError(f"data.dir: CIFAR-10 not found under {root}: expected cifar-10-batches-bin/ "
+                     f"(binary version) or cifar-10-batches-py/ (with torchvision); see {URL}")
+
+
+def _load_raw(kind: str, where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if kind == "bin":
+        parts = [read_cifar_binary(where / f) for f in TRAIN_FILES]
+        Xtr = np.concatenate([p[0] for p in parts])
+        ytr = np.concatenate([p[1] for p in parts])
+        Xte, yte = read_cifar_binary(where / TEST_FILE)
+        return Xtr, ytr, Xte, yte
+    from torchvision.datasets import CIFAR10  # pragma: no cover - optional dependency
+
+    out = []  # pragma: no cover
+    for train in (True, False):  # pragma: no cover
+        ds = CIFAR10(root=str(where), train=train, download=False)
+        out += [np.asarray(ds.data).transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)]
+    return tuple(out)  # pragma: no cover
+
+
+def _features(images: np.ndarray, grayscale: bool, pool: int) -> np.ndarray:
+    x = images.astype(np.float64) / 255.0  # (n, 3, 32, 32)
+    if grayscale:
+        x = x.mean(axis=1, keepdims=True)
+    if pool > 1:
+        n, c = x.shape[:2]
+        s = 32 // pool
+        x = x.reshape(n, c, s, pool, s, pool).mean(axis=(3, 5))
+    return x.reshape(x.shape[0], -1)
+
+
+def cifar10(data_dir: str | Path | None, n_train: int | None = 2048, n_test: int | None = 1024,
+            seed: int = 0, grayscale: bool = False, pool: int = 4) -> Dataset:
+    """CIFAR-10 as a :class:`Dataset` (``d_in = (1 or 3) * (32/pool)^2``, ``d_out = 10``).
+
+    ``n_train`` / ``n_test`` samples are drawn without replacement (seeded) from the official
+    training / test sets (``None``: all of them).
+    """
+    if pool not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"data.pool must divide 32 (1, 2, 4, 8, 16 or 32), got {pool!r}")
+    for name, v in (("n_train", n_train), ("n_test", n_test)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+            raise ValueError(f"data.{name} must be a positive integer or None, got {v!r}")
+    kind, where = _locate(data_dir)
+    Xtr, ytr, Xte, yte = _load_raw(kind, where)
+    rng = np.random.default_rng(seed)
+    itr = rng.permutation(len(Xtr))[: n_train or len(Xtr)]
+    ite = rng.permutation(len(Xte))[: n_test or len(Xte)]
+    if n_train is not None and n_train > len(Xtr):
+        raise ValueError(f"data.n_train: {n_train} requested, the training set has {len(Xtr)}")
+    Ftr, Fte = _features(Xtr[itr], grayscale, pool), _features(Xte[ite], grayscale, pool)
+    mean = Ftr.mean(axis=0)
+    eye = np.eye(10)
+    return Dataset(Ftr - mean, eye[ytr[itr]], name=f"cifar10(seed={seed}, pool={pool})",
+                   X_test=Fte - mean, Y_test=eye[yte[ite]],
+                   info={"classes": 10, "source": kind, "dir": str(where)})
