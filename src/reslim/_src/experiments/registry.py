@@ -28,6 +28,9 @@ FINISHED = ("done", "diverged")
 # Modules that register kinds, imported on a registry miss (add a line for a new kind).
 KIND_MODULES = {
     "convergence": "reslim._src.experiments.convergence",
+    "gia-gap": "reslim._src.experiments.depth_experiments",
+    "collapse": "reslim._src.experiments.depth_experiments",
+    "transfer": "reslim._src.experiments.depth_experiments",
 }
 
 
