@@ -25,10 +25,13 @@ def coefficients_trajectory(coef: LinearCoefficients, problem: LimitProblem, Q: 
         a, c = coef.on_grid("a"), coef.on_grid("c")  # (K+1, Bc, S+1, p, N)
         if a.shape[1] != Q.shape[0]:
             a, c = (np.broadcast_to(v, (v.shape[0], Q.shape[0], *v.shape[2:])) for v in (a, c))
-        h_last = np.einsum("kbpn,bdp->kbnd", a[:, :, -1], Q)
+        Qt = np.swapaxes(Q, 1, 2)[None, :, None]  # (1, B, 1, p, D)
         if record_hidden:
-            hidden = np.einsum("kbspn,bdp->kbsnd", a, Q)
-            backward = np.einsum("kbspn,bdp->kbsnd", c, Q)
+            hidden = np.swapaxes(a, -1, -2) @ Qt  # (K+1, B, S+1, N, D)
+            backward = np.swapaxes(c, -1, -2) @ Qt
+            h_last = hidden[:, :, -1]
+        else:
+            h_last = (np.swapaxes(a[:, :, -1:], -1, -2) @ Qt)[:, :, 0]
     B = 1 if Q is None else Q.shape[0]
 
     def bc(v: np.ndarray) -> np.ndarray:
