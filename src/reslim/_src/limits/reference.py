@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..models.resnet import ResNet
+from ..scaling.parameterization import get_parameterization
 from ..scaling.shapes import Shape
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
@@ -41,15 +42,9 @@ class ReferenceNetwork(Limit):
         B = len(self.seeds)
         if W_e.shape[0] not in (1, B):
             raise ValueError(f"W_e: has {W_e.shape[0]} draws for {B} seeds (need 1 or {B})")
-        net = ResNet(self.shape, param="mlu", d_in=problem.d_in, d_out=problem.d_out,
-                     activation=problem.activation, seeds=self.seeds, dtype=self.dtype,
+        net = ResNet(self.shape, param=get_parameterization("mlu", alpha=problem.alpha), d_in=problem.d_in,
+                     d_out=problem.d_out, activation=problem.activation, seeds=self.seeds, dtype=self.dtype,
                      device=self.device)
-        if net.param.alpha != problem.alpha:
-            from ..scaling.parameterization import get_parameterization
-
-            net = ResNet(self.shape, param=get_parameterization("mlu", alpha=problem.alpha),
-                         d_in=problem.d_in, d_out=problem.d_out, activation=problem.activation,
-                         seeds=self.seeds, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             net.W_e.data.copy_(torch.from_numpy(np.broadcast_to(W_e, (B, *W_e.shape[1:])).copy()))
             net.W_u.data.copy_(torch.from_numpy(np.broadcast_to(W_u, (B, *W_u.shape[1:])).copy()))
