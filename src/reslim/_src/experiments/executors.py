@@ -124,13 +124,18 @@ class LocalExecutor(Executor):
     """``jobs`` worker processes on this machine (``jobs=1``: in the driver process itself).
 
     ``threads``: torch threads per worker (default: CPU count / jobs, at least 1).
+    ``max_retries``: resubmissions of a task whose worker process died (every task in flight
+    in the broken pool counts an attempt); then its runs are ``failed``.
     """
 
     name = "local"
 
-    def __init__(self, jobs: int = 1, threads: int | None = None) -> None:
+    def __init__(self, jobs: int = 1, threads: int | None = None, max_retries: int = 2) -> None:
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        self.max_retries = max_retries
         self.jobs = self.slots = jobs
         self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         self._pool: ProcessPoolExecutor | None = None
@@ -148,23 +153,37 @@ class LocalExecutor(Executor):
             for task in tasks:
                 yield TaskOutcome(task, execute_task(task))
             return
-        pool = self._get_pool()
-        futures: dict[Future, Task] = {pool.submit(execute_task, t): t for t in tasks}
-        pending = set(futures)
+        from collections import deque
+        from concurrent.futures.process import BrokenProcessPool
+
+        queue: deque[tuple[Task, int]] = deque((t, 0) for t in tasks)
+        futures: dict[Future, tuple[Task, int, ProcessPoolExecutor]] = {}
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            while queue or futures:
+                pool = self._get_pool()
+                while queue and len(futures) < 2 * self.jobs:  # bounded: a broken pool loses little
+                    task, attempt = queue.popleft()
+                    futures[pool.submit(execute_task, task)] = (task, attempt, pool)
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    task = futures[fut]
+                    task, attempt, owner = futures.pop(fut)
                     try:
                         results = fut.result()
-                    except Exception as err:  # noqa: BLE001 - the worker died (BrokenProcessPool)
-                        results = [_failed(r, f"worker process died: {type(err).__name__}: {err}")
+                    except BrokenProcessPool as err:  # a worker died: retry on a fresh pool
+                        if self._pool is owner:
+                            owner.shutdown(wait=False, cancel_futures=True)
+                            self._pool = None
+                        if attempt < self.max_retries:
+                            queue.appendleft((task, attempt + 1))
+                            continue
+                        results = [_failed(r, f"worker process died {attempt + 1} time(s), retries "
+                                              f"exhausted: {type(err).__name__}: {err}") for r in task.runs]
+                    except Exception as err:  # noqa: BLE001 - e.g. results that cannot be unpickled
+                        results = [_failed(r, f"worker error: {type(err).__name__}: {err}")
                                    for r in task.runs]
-                        self._pool = None
                     yield TaskOutcome(task, results)
         finally:
-            for fut in pending:
+            for fut in futures:
                 fut.cancel()
 
     def close(self) -> None:
