@@ -31,6 +31,7 @@ KIND_MODULES = {
     "gia-gap": "reslim._src.experiments.depth_experiments",
     "collapse": "reslim._src.experiments.depth_experiments",
     "transfer": "reslim._src.experiments.depth_experiments",
+    "probe": "reslim._src.experiments.probe",
 }
 
 
