@@ -6,8 +6,8 @@ one learning rate per network. The final training risk ``R_K(eta)`` gives one cu
 
 - Optimum: the grid point with the least risk (non-finite risks count as ``+inf``, never as
   small), refined by the vertex of the parabola through it and its two neighbours in
-  ``(log2 eta, log R)``; at a grid edge (or next to a diverged point) the grid point itself,
-  flagged ``edge``.
+  ``(log2 eta, log R)``; next to a diverged lr the grid point itself; at a grid edge the grid
+  point itself, flagged ``edge`` (the optimum is not bracketed).
 - Drift per doubling of depth: least-squares slope of ``log2 eta*`` against ``log2 L``.
 - Verdict: the optimum *transfers* when ``|drift| <= threshold`` (default 0.25: eta* moves
   by less than a factor 2^0.25 ~ 1.19 per doubling of L) and no optimum sits on a grid edge;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,8 +34,8 @@ from ..training.trainer import train
 
 @dataclass(frozen=True)
 class OptimalLR:
-    """Interpolated optimum of a loss-vs-lr curve: ``lr`` and ``loss`` at the vertex,
-    ``index`` of the best grid point, ``edge`` if it could not be bracketed."""
+    """Optimum of a loss-vs-lr curve: ``lr`` at the parabola's vertex, ``loss`` the least grid
+    loss (never extrapolated), ``index`` of the best grid point, ``edge`` if not bracketed."""
 
     lr: float
     loss: float
@@ -42,11 +43,17 @@ class OptimalLR:
     edge: bool
 
 
+#: a neighbour's log loss counts at most this much above the minimum in the parabola
+CAP_LOG = 2.0
+
+
 def optimal_lr(lrs: Sequence[float], losses: Sequence[float], log_loss: bool = True) -> OptimalLR:
     """Optimum of ``losses (n,)`` over ``lrs (n,)`` (increasing, positive): parabola through the
     best grid point and its neighbours in ``x = log2 lr`` (``y = log loss`` if ``log_loss``).
 
-    Non-finite losses count as ``+inf``; no finite loss -> ``lr = nan``.
+    Non-finite losses count as ``+inf``; no finite loss -> ``lr = nan``. A neighbour more than
+    :data:`CAP_LOG` above the minimum (in log loss) is capped there, so a huge but finite loss
+    near divergence does not pull the vertex.
     """
     x = np.log2(np.asarray(lrs, dtype=np.float64))
     f = np.asarray(losses, dtype=np.float64)
@@ -64,20 +71,19 @@ def optimal_lr(lrs: Sequence[float], losses: Sequence[float], log_loss: bool = T
     if not np.isfinite(y).any():
         return OptimalLR(math.nan, math.inf, -1, True)
     i = int(np.argmin(y))
-    if i == 0 or i == x.size - 1 or not (np.isfinite(y[i - 1]) and np.isfinite(y[i + 1])):
+    if i == 0 or i == x.size - 1:
         return OptimalLR(float(2.0 ** x[i]), float(f[i]), i, True)
+    if not (np.isfinite(y[i - 1]) and np.isfinite(y[i + 1])):  # next to a diverged lr
+        return OptimalLR(float(2.0 ** x[i]), float(f[i]), i, False)
     x0, x1, x2 = x[i - 1 : i + 2]
-    y0, y1, y2 = y[i - 1 : i + 2]
+    # a huge (finite) loss next to the optimum would dominate the parabola: cap its excess
+    y0, y1, y2 = y[i - 1], y[i], y[i + 1]
+    cap = CAP_LOG if log_loss else CAP_LOG * max(abs(y1), 1e-12)
+    y0, y2 = min(y0, y1 + cap), min(y2, y1 + cap)
     num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
     den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
-    if den == 0:
-        return OptimalLR(float(2.0 ** x1), float(f[i]), i, False)
-    xv = float(np.clip(x1 - 0.5 * num / den, x0, x2))
-    # value of the parabola at its vertex (Lagrange form)
-    yv = (y0 * (xv - x1) * (xv - x2) / ((x0 - x1) * (x0 - x2))
-          + y1 * (xv - x0) * (xv - x2) / ((x1 - x0) * (x1 - x2))
-          + y2 * (xv - x0) * (xv - x1) / ((x2 - x0) * (x2 - x1)))
-    return OptimalLR(float(2.0**xv), float(math.exp(yv) if log_loss else yv), i, False)
+    xv = x1 if den == 0 else float(np.clip(x1 - 0.5 * num / den, x0, x2))
+    return OptimalLR(float(2.0**xv), float(f[i]), i, False)
 
 
 def lr_drift(depths: Sequence[float], lr_star: Sequence[float]) -> float:
@@ -276,8 +282,12 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: i
             v = np.where(np.isfinite(t.to_numpy(float)), t.to_numpy(float), np.nan)
             color = cmap(i / max(1, len(depths) - 1))
             x = np.log2(t.index.to_numpy(float))
-            ax.plot(x, np.nanmean(v, axis=1) if v.size else [], "-o", ms=2, color=color, label=f"L={L}")
-            ax.fill_between(x, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color=color, alpha=0.2)
+            mean = v.mean(axis=1)  # NaN (not drawn) where a seed diverged
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lo, hi = np.nanmin(v, axis=1), np.nanmax(v, axis=1)
+            ax.plot(x, mean, "-o", ms=2, color=color, label=f"L={L}")
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2)
             o = opt[(opt["dataset"] == dataset) & (opt["width"] == width) & (opt["param"] == param)
                     & (opt["L"] == L)]
             if len(o) and np.isfinite(o["lr_star"].iloc[0]):

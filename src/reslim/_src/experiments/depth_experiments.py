@@ -119,6 +119,11 @@ def few_threads(width: int, limit: int = 64):
         torch.set_num_threads(n)
 
 
+def _batch(batch_size: int | None, data: Dataset) -> int | None:
+    """Minibatch size capped at the number of samples (``None``: full batch)."""
+    return None if batch_size is None else min(int(batch_size), data.N)
+
+
 def _fin(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
@@ -208,7 +213,8 @@ class GiaGap(ExperimentKind):
                            seeds=seeds, dtype=c["dtype"])
             t = c["train"]
             trajs[mode] = train(model, data, steps=t["steps"], lr=t["lr"], optimizer=t["optimizer"],
-                                loss=t["loss"], batch_size=t["batch_size"], record=("loss", "outputs"),
+                                loss=t["loss"], batch_size=_batch(t["batch_size"], data),
+                                record=("loss", "outputs"),
                                 gia=mode)
         m = dd.gap_metrics(trajs[False], trajs[True])
         bad = trajs[False].diverged | trajs[True].diverged
@@ -352,7 +358,7 @@ class Collapse(ExperimentKind):
         df = dd.first_layer_collapse(
             data, depths=[c["L"]], width=c["width"], seeds=[r.config["seed"] for r in runs],
             optimizers=[c["optimizer"]], corrections=[c["correction"]], lr=c["lr"], steps=t["steps"],
-            batch_size=t["batch_size"] if c["optimizer"] != "gd" else None, loss=t["loss"],
+            batch_size=_batch(t["batch_size"], data) if c["optimizer"] != "gd" else None, loss=t["loss"],
             activation=c["activation"], dtype=c["dtype"])
         sec = (time.perf_counter() - t0) / len(runs)
         out = []
@@ -498,7 +504,7 @@ class Transfer(ExperimentKind):
         df = tr.lr_sweep(data, param=c["param"], param_options=c["options"], depths=[c["L"]],
                          widths=[c["width"]], lrs=[], steps=t["steps"],
                          networks=[(r.config["lr"], r.config["seed"]) for r in runs],
-                         optimizer=t["optimizer"], batch_size=t["batch_size"], loss=t["loss"],
+                         optimizer=t["optimizer"], batch_size=_batch(t["batch_size"], data), loss=t["loss"],
                          block=c["block"], activation=c["activation"], dtype=c["dtype"],
                          dataset=c["dataset"])
         sec = (time.perf_counter() - t0) / len(runs)

@@ -1,0 +1,87 @@
+"""CIFAR-10: the binary reader on synthetic files of the official layout, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reslim._src.training import cifar as cf
+
+
+def _write_batch(path, n, rng):
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    rec = np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1)
+    rec.astype(np.uint8).tofile(path)
+    return images, labels
+
+
+def _fake_cifar(root, n=12, seed=0):
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    batches = [_write_batch(d / f, n, rng) for f in cf.TRAIN_FILES]
+    test = _write_batch(d / cf.TEST_FILE, n, rng)
+    return batches, test
+
+
+def test_binary_reader_round_trip(tmp_path):
+    batches, test = _fake_cifar(tmp_path)
+    images, labels = cf.read_cifar_binary(tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin")
+    np.testing.assert_array_equal(images, batches[2][0])
+    np.testing.assert_array_equal(labels, batches[2][1])
+    assert images.shape == (12, 3, 32, 32) and images.dtype == np.uint8
+
+
+def test_cifar10_dataset_features(tmp_path):
+    batches, test = _fake_cifar(tmp_path)
+    ds = cf.cifar10(tmp_path, n_train=None, n_test=None, pool=4)
+    assert ds.X.shape == (60, 3 * 8 * 8) and ds.Y.shape == (60, 10)
+    assert ds.X_test.shape == (12, 192)
+    np.testing.assert_allclose(ds.X.mean(axis=0), 0.0, atol=1e-12)
+    assert set(ds.Y.sum(axis=1)) == {1.0}
+    # the pooled features are channel-wise means of 4x4 pixel blocks, centred by the train mean
+    all_img = np.concatenate([b[0] for b in batches]).astype(float) / 255
+    all_lab = np.concatenate([b[1] for b in batches])
+    pooled = all_img.reshape(60, 3, 8, 4, 8, 4).mean(axis=(3, 5)).reshape(60, -1)
+    order = np.random.default_rng(0).permutation(60)
+    np.testing.assert_allclose(ds.X, pooled[order] - pooled.mean(axis=0), atol=1e-12)
+    np.testing.assert_array_equal(ds.Y.argmax(axis=1), all_lab[order])
+    small = cf.cifar10(tmp_path / "cifar-10-batches-bin", n_train=7, n_test=5, grayscale=True, pool=8)
+    assert small.X.shape == (7, 16) and small.X_test.shape == (5, 16)
+
+
+def test_missing_data_errors_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match="data.dir: CIFAR-10 needs"):
+        cf.cifar10(None)
+    with pytest.raises(ValueError, match="is not a directory"):
+        cf.cifar10(tmp_path / "nope")
+    with pytest.raises(ValueError, match="CIFAR-10 not found under") as err:
+        cf.cifar10(tmp_path)
+    assert "\n" not in str(err.value)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="torchvision is not installed"):
+            cf.cifar10(tmp_path)
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="not a multiple"):
+        cf.read_cifar_binary(bad)
+    with pytest.raises(ValueError, match="data.pool"):
+        cf.cifar10(tmp_path, pool=3)
+
+
+def test_cifar_spec_fails_before_running(tmp_path):
+    from reslim._src.experiments.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="CIFAR-10 not found"):
+        load_spec("transfer", [f'datasets=[{{kind="cifar10", dir="{tmp_path}"}}]'])
+    _fake_cifar(tmp_path / "ok")
+    spec = load_spec("transfer", [f'datasets=[{{kind="cifar10", dir="{tmp_path / "ok"}", n_train=8, '
+                                  'n_test=4}]'])
+    from reslim._src.experiments.depth_experiments import load_data
+
+    ds = load_data(spec.datasets[0].model_dump())
+    assert ds.X.shape == (8, 192)
