@@ -107,12 +107,15 @@ def measure(
     seeds: Sequence[int] = (0, 1, 2, 3),
     data: Dataset | None = None,
     param_options: dict[str, Any] | None = None,
+    threads: int | None = 1,
 ) -> pd.DataFrame:
     """Raw per-layer records of a sweep along ``axis``: one row per (size, seed, step, quantity,
     layer) with the RMS ``value`` (columns ``param, optimizer, axis, size, L, M, D, alpha, seed,
     step, quantity, layer, n_layers, value``). Update rows (``dh, dp, du, dy``) exist for
     ``step = 1..steps``; ``h, p, y`` rows are at ``step = 0``. Default data: 10 Gaussian samples,
-    ``d_in = d_out = 5`` (theory.md §3.1).
+    ``d_in = d_out = 5`` (theory.md §3.1). ``threads``: torch intra-op threads while measuring
+    (the matrices are small: one thread is several times faster on a shared machine; None keeps
+    the current setting).
     """
     axis = _check_axis(axis)
     p = get_parameterization(param, **(param_options or {}))
@@ -128,6 +131,21 @@ def measure(
     if not seeds:
         raise ValueError("seeds must name at least one network")
     data = data if data is not None else gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        frames = _sweep(p, axis, sizes, base, block, activation, optimizer, lr, steps, loss, seeds, data)
+    finally:
+        torch.set_num_threads(old_threads)
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(0, "optimizer", optimizer)
+    out.insert(0, "param", p.name)
+    out.insert(2, "axis", axis)
+    return out
+
+
+def _sweep(p, axis, sizes, base, block, activation, optimizer, lr, steps, loss, seeds, data):
     frames = []
     for size in sizes:
         shape, pp = _point(p, axis, size, base)
@@ -144,11 +162,7 @@ def measure(
                          record=("outputs", "hidden", "pre"), callback=snapshot)
             du = _unit_updates(model, role, snaps, traj.hidden)
             frames.append(_records(traj, du, shape, pp, size, seeds))
-    out = pd.concat(frames, ignore_index=True)
-    out.insert(0, "optimizer", optimizer)
-    out.insert(0, "param", p.name)
-    out.insert(2, "axis", axis)
-    return out
+    return frames
 
 
 def _unit_updates(model: ResNet, role: str, snaps: list[np.ndarray], hidden: np.ndarray) -> np.ndarray:

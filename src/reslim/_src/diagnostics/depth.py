@@ -178,7 +178,7 @@ def summarize_by_depth(df: pd.DataFrame, metrics: Sequence[str], by: Sequence[st
     out["n_seeds"] = g.size()
     if "diverged" in df:
         out["n_diverged"] = g["diverged"].sum().astype(int)
-    return out.reset_index()
+    return out.reset_index().sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------- first-layer collapse

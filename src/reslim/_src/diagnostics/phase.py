@@ -1,0 +1,216 @@
+"""Phase diagram of residual scalings for two-layer blocks (companion paper of 000, Chizat,
+arXiv 2509.10167), measured with the coordinate check.
+
+A point of the diagram is a residual scale ``beta = alpha L^a M^b D^c`` on the unit-variance
+network (``mlu-unit`` otherwise: ``U, V ~ N(0, 1)``, ``p = U^T h / sqrt(D)``, ``y = W_u^T h / D``)
+with the learning rate of ``U`` and ``V`` tied to it by the *function-space* normalisation
+
+    lr = eta * D / (L M beta^2) = eta * alpha^-2 * L^(-1-2a) * M^(-1-2b) * D^(1-2c).
+
+Why: the tangent kernel of the output is a sum over the ``L M`` units of ``|dy/dv|^2 ~ beta^2 / D``
+(readout ``1/D``), i.e. ``L M beta^2 / D``; this ``lr`` keeps the first step's change of the
+output Θ(1) at every point, so what changes across the diagram is only how that change is
+shared between moving units (feature learning) and linearised ones (lazy). MLU is the point
+``a = b = -1, c = 1/2`` (``lr = eta L M / alpha^2``, theory.md §1). A per-unit computation gives
+the pre-activation update ``du ~ eta sqrt(D) / (alpha L M beta)``, so the prediction is: only
+MLU's residual scale gives Θ(1) unit updates along every axis, and ``du ~ 1/alpha`` (lazy) as
+``alpha`` grows. The module measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..scaling.monomial import Monomial
+from ..scaling.parameterization import Parameterization, get_parameterization
+from ..scaling.shapes import Shape
+from .coord_check import TOL, coord_check
+
+EXPONENT_AXES = ("L", "M", "D")
+MLU_EXPONENTS = {"L": -1.0, "M": -1.0, "D": 0.5}
+QUICK_BASE = Shape(8, 128, 64)
+ALPHA_BASE = Shape(16, 512, 32)
+QUICK_SIZES = {"L": (4, 8, 16), "M": (64, 128, 256), "D": (32, 64, 128)}
+VERDICT_COLORS = {"feature learning": "#4daf4a", "partial": "#ffd92f", "lazy": "#377eb8",
+                  "unstable": "#e41a1c"}
+
+
+def residual_scaling(L: float = -1.0, M: float = -1.0, D: float = 0.5, alpha: float = 1.0,
+                     ) -> Parameterization:
+    """Two-layer-block parameterization with branch ``alpha L^L M^M D^D`` and the tied SGD
+    learning rate ``eta alpha^-2 L^(-1-2L) M^(-1-2M) D^(1-2D)`` on ``U`` and ``V`` (module doc).
+
+    Built from the ``mlu-unit`` preset with :meth:`Parameterization.with_role`; the defaults give
+    exactly ``mlu-unit``'s rules. Adam learning rates are left as in ``mlu-unit``.
+    """
+    for name, v in (("L", L), ("M", M), ("D", D)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ValueError(f"exponent of {name} must be a finite number, got {v!r}")
+    base = get_parameterization("mlu-unit", alpha=alpha)
+    branch = Monomial(1.0, (("alpha", 1.0), ("L", L), ("M", M), ("D", D)))
+    lr = Monomial(1.0, (("alpha", -2.0), ("L", -1 - 2 * L), ("M", -1 - 2 * M), ("D", 1 - 2 * D)))
+    p = base.with_role("branch", rule=branch).with_role("U", lr_sgd=lr).with_role("V", lr_sgd=lr)
+    return replace(p, name=f"beta=alpha*L^{L:g}*M^{M:g}*D^{D:g}",
+                   description=f"residual scale alpha L^{L:g} M^{M:g} D^{D:g}, lr eta D/(L M beta^2)",
+                   options={"alpha": alpha, "L": L, "M": M, "D": D})
+
+
+def _combine(verdicts: Sequence[str]) -> str:
+    if all(v == "feature learning" for v in verdicts):
+        return "feature learning"
+    for v in ("unstable", "lazy", "partial"):
+        if v in verdicts:
+            return v
+    return "partial"
+
+
+def classify_point(param: Parameterization, axes: Sequence[str] = EXPONENT_AXES, *,
+                   tol: float = TOL, **options: Any) -> dict[str, Any]:
+    """Coordinate-check ``param`` along ``axes`` and return one row: the combined verdict
+    (``feature learning`` only if every axis is), each axis' verdict and its exponents of
+    ``du`` (layer-averaged unit update), ``dh_last`` and ``dy``."""
+    v = coord_check(param, tuple(axes), tol=tol, **options).attrs["verdicts"]
+    row: dict[str, Any] = {"verdict": _combine(list(v["verdict"]))}
+    for r in v.itertuples():
+        row[f"verdict_{r.axis}"] = r.verdict
+        row[f"du_{r.axis}"] = r.du
+        row[f"dh_{r.axis}"] = r.dh_last
+        row[f"dy_{r.axis}"] = r.dy
+    return row
+
+
+def phase_diagram(
+    x: str = "L",
+    y: str = "M",
+    x_exponents: Sequence[float] = (-2.0, -1.5, -1.0, -0.5, 0.0),
+    y_exponents: Sequence[float] = (-2.0, -1.5, -1.0, -0.5, 0.0),
+    fixed: dict[str, float] | None = None,
+    *,
+    alpha: float = 1.0,
+    axes: Sequence[str] = EXPONENT_AXES,
+    sizes: dict[str, Sequence[float]] | None = None,
+    base: Shape | Sequence[int] | str = QUICK_BASE,
+    steps: int = 2,
+    seeds: Sequence[int] = (0, 1),
+    tol: float = TOL,
+    **options: Any,
+) -> pd.DataFrame:
+    """Classify every residual scale ``alpha L^a M^b D^c`` on a grid of two exponents.
+
+    ``x``, ``y``: which exponents vary (two of ``L, M, D``); the third is ``fixed`` (default
+    MLU's: ``L: -1, M: -1, D: 1/2``). Each point is coordinate-checked along ``axes`` with
+    ``sizes`` (default three sizes a factor 4 apart per axis, around ``base``). One row per
+    point: ``exp_L, exp_M, exp_D, alpha, verdict`` and per-axis verdicts/exponents
+    (:func:`classify_point`).
+    """
+    for name, v in (("x", x), ("y", y)):
+        if v not in EXPONENT_AXES:
+            raise ValueError(f"{name} must be one of {', '.join(EXPONENT_AXES)}, got {v!r}")
+    if x == y:
+        raise ValueError(f"x and y must differ, both are {x!r}")
+    if not x_exponents or not y_exponents:
+        raise ValueError("x_exponents and y_exponents must be non-empty")
+    exps = dict(MLU_EXPONENTS)
+    for k, v in (fixed or {}).items():
+        if k not in EXPONENT_AXES:
+            raise ValueError(f"fixed has unknown exponent {k!r}; use L, M or D")
+        exps[k] = float(v)
+    sizes = dict(QUICK_SIZES) if sizes is None else sizes
+    rows = []
+    for ey in y_exponents:
+        for ex in x_exponents:
+            e = {**exps, x: float(ex), y: float(ey)}
+            p = residual_scaling(e["L"], e["M"], e["D"], alpha=alpha)
+            row = {"exp_L": e["L"], "exp_M": e["M"], "exp_D": e["D"], "alpha": alpha,
+                   "param": p.name}
+            row.update(classify_point(p, axes, sizes=sizes, base=base, steps=steps, seeds=seeds,
+                                      tol=tol, **options))
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs.update({"x": x, "y": y, "fixed": {k: v for k, v in exps.items() if k not in (x, y)}})
+    return out
+
+
+def alpha_sweep(alphas: Sequence[float] = (1, 2, 4, 8), *, exponents: dict[str, float] | None = None,
+                base: Shape | Sequence[int] | str = ALPHA_BASE, steps: int = 2,
+                seeds: Sequence[int] = (0, 1), tol: float = TOL, **options: Any) -> pd.DataFrame:
+    """Coordinate check along ``alpha`` at a residual scale (default MLU's): the exponent
+    table (:func:`coord_check`); ``du`` ~ alpha^-1 means the limit is lazy as alpha grows.
+
+    The residual stream's fluctuation at initialisation is ``~ alpha sqrt(D / (L M))``, so the
+    sweep needs ``L M >> alpha^2 D``: the default base (16, 512, 32) keeps it below 1/4.
+    """
+    e = {**MLU_EXPONENTS, **(exponents or {})}
+    p = residual_scaling(e["L"], e["M"], e["D"])
+    return coord_check(p, "alpha", list(alphas), base=base, steps=steps, seeds=seeds, tol=tol,
+                       **options)
+
+
+def _fmt(v: float) -> str:
+    return "div" if v == math.inf else ("n/a" if math.isnan(v) else f"{v:+.1f}")
+
+
+def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
+                       alpha: pd.DataFrame | None = None) -> str:
+    """Draw each map (cells coloured by verdict, annotated with the ``du`` exponents along the
+    swept axes, MLU's point starred) and optionally the alpha sweep; save a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    n = len(maps) + (alpha is not None)
+    fig, axs = plt.subplots(1, n, figsize=(5.2 * n, 4.8), squeeze=False)
+    for ax, df in zip(axs[0], maps, strict=False):
+        x, y = df.attrs["x"], df.attrs["y"]
+        xs = sorted(df[f"exp_{x}"].unique())
+        ys = sorted(df[f"exp_{y}"].unique())
+        dx = (xs[1] - xs[0]) if len(xs) > 1 else 1.0
+        dy = (ys[1] - ys[0]) if len(ys) > 1 else 1.0
+        for r in df.itertuples():
+            cx, cy = getattr(r, f"exp_{x}"), getattr(r, f"exp_{y}")
+            ax.add_patch(plt.Rectangle((cx - dx / 2, cy - dy / 2), dx, dy,
+                                       color=VERDICT_COLORS.get(r.verdict, "#999999"), alpha=0.8))
+            label = "\n".join(f"{a}:{_fmt(getattr(r, f'du_{a}'))}" for a in EXPONENT_AXES
+                               if hasattr(r, f"du_{a}"))
+            ax.text(cx, cy, label, ha="center", va="center", fontsize=6)
+        mx, my = MLU_EXPONENTS[x], MLU_EXPONENTS[y]
+        ax.plot([mx], [my], marker="*", color="k", ms=14, mfc="none")
+        ax.set_xlim(xs[0] - dx / 2, xs[-1] + dx / 2)
+        ax.set_ylim(ys[0] - dy / 2, ys[-1] + dy / 2)
+        ax.set_xticks(xs)
+        ax.set_yticks(ys)
+        ax.set_xlabel(f"exponent of {x} in the residual scale")
+        ax.set_ylabel(f"exponent of {y} in the residual scale")
+        fixed = ", ".join(f"{k}^{v:g}" for k, v in df.attrs.get("fixed", {}).items())
+        ax.set_title(f"beta = L^a M^b D^c ({fixed} fixed); cells: du exponents", fontsize=9)
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()]
+    axs[0][0].legend(handles=handles, fontsize=7, loc="lower left")
+    if alpha is not None:
+        ax = axs[0][-1]
+        k = int(alpha["step"].max())
+        for q in ("du", "dp", "dh", "dy"):
+            pos = "out" if q == "dy" else "all"
+            r = alpha[(alpha["quantity"] == q) & (alpha["position"] == pos) & (alpha["step"] == k)]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            vals = np.array(r["values"], dtype=float)
+            ax.plot(r["sizes"], vals, marker="o", label=f"{q} (exponent {r['exponent']:+.2f})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(f"RMS change at step {k}")
+        ax.set_title("MLU residual scale, growing alpha", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
