@@ -14,30 +14,46 @@ def run(
     spec: str = typer.Argument(..., help="built-in spec name (e.g. convergence) or a path to a .toml spec"),
     overrides: list[str] = typer.Option([], "--set", help="override a spec field: key=value (TOML value)"),
     out: Path | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>)"),
-    jobs: int = typer.Option(1, "--jobs", help="worker processes"),
+    jobs: int | None = typer.Option(None, "--jobs", help="tasks in parallel (local: worker processes, "
+                                    "default 1; ray: default what the cluster holds)"),
+    executor: str = typer.Option("local", "--executor", help="where tasks run: local or ray"),
+    address: str | None = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running "
+                                       "cluster (default: start a local Ray instance)"),
+    cpus_per_task: float | None = typer.Option(None, "--cpus-per-task", help="ray: CPUs per task "
+                                               "(fractions below 1 allowed); local: torch threads/worker"),
+    gpus_per_task: float | None = typer.Option(None, "--gpus-per-task", help="ray: GPUs per task "
+                                               "(fractions below 1 allowed)"),
+    max_retries: int = typer.Option(2, "--max-retries", help="resubmissions of a task whose worker died"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Run an experiment spec: sweep (resuming), store results, fit, write the report."""
+    from ..experiments.executors import make_executor
     from ..experiments.spec import SpecError, load_spec
     from ..experiments.store import StoreError
     from ..experiments.sweep import run_experiment
+    from ..experiments.validation import check_output_dir, check_spec_memory, executor_options
 
     try:
+        options = executor_options(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
+                                   gpus_per_task=gpus_per_task, max_retries=max_retries)
         s = load_spec(spec, overrides)
+        out = check_output_dir(out if out is not None else Path("runs") / s.name)
     except SpecError as err:
         fail(str(err))
-    if jobs < 1:
-        fail(f"--jobs must be a positive integer, got {jobs}")
-    out = out if out is not None else Path("runs") / s.name
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a directory")
+    try:
+        ex = make_executor(executor, **options)
+    except ValueError as err:
+        fail(str(err))
     from rich.console import Console
 
     console = Console(stderr=True)
     try:
-        summary = run_experiment(s, out, jobs=jobs, progress=progress, console=console)
-    except StoreError as err:
+        check_spec_memory(s, ex)
+        summary = run_experiment(s, out, executor=ex, progress=progress, console=console)
+    except (StoreError, SpecError) as err:
         fail(str(err))
+    finally:
+        ex.close()
     c = summary.counts
     typer.echo(f"{s.name}: {summary.total} runs, {summary.skipped} already stored, {c['done']} done, "
                f"{c['diverged']} diverged, {c['failed']} failed in {summary.seconds:.1f} s")
@@ -66,6 +82,12 @@ def runs(
     from rich.console import Console
     from rich.table import Table
 
+    from ..experiments.registry import STATUSES
+
+    if status is not None and status not in STATUSES:
+        fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if limit < 0:
+        fail(f"--limit must be >= 0 (0: all), got {limit}")
     with _store(directory) as store:
         recs = store.records(status=status)
         counts = store.counts()
