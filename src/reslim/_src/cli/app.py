@@ -27,10 +27,23 @@ def fail(message: str) -> None:
 
 def run_app(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=True)
-    except (UsageError, ValueError) as err:  # pragma: no cover - safety net
+        code = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except Exception as err:
+        # click's usage errors (typer may vendor click): one line, their exit code (2)
+        if callable(getattr(err, "format_message", None)) and isinstance(getattr(err, "exit_code", 0), int):
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `reslim`: the help
+                err.show()
+            else:
+                typer.echo(f"error: {err.format_message()}".replace("\n", " "), err=True)
+            sys.exit(err.exit_code)
+        if not isinstance(err, (UsageError, ValueError)):
+            raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.callback()
