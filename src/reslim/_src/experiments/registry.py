@@ -32,6 +32,7 @@ KIND_MODULES = {
     "collapse": "reslim._src.experiments.depth_experiments",
     "transfer": "reslim._src.experiments.depth_experiments",
     "probe": "reslim._src.experiments.probe",
+    "linear-limit": "reslim._src.experiments.linear_limit",
 }
 
 
