@@ -19,6 +19,7 @@ from ._src.scaling.parameterization import (
     get_parameterization,
 )
 from ._src.scaling.shapes import Shape, log_grid
+from ._src.scaling.user_models import param_groups
 from ._src.training.data import Dataset, digits, gaussian_data, linear_teacher, make_dataset
 from ._src.training.trainer import train
 from ._src.training.trajectory import Trajectory
@@ -41,5 +42,6 @@ __all__ = [
     "linear_teacher",
     "log_grid",
     "make_dataset",
+    "param_groups",
     "train",
 ]
