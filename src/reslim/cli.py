@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._src.cli import coord_check as _coord_check  # noqa: F401  (coord-check, phase-diagram)
 from ._src.cli import describe  # noqa: F401  (registers commands)
 from ._src.cli import run as _run  # noqa: F401  (registers run, runs, report)
 from ._src.cli import shape as _shape  # noqa: F401  (registers `reslim shape`)

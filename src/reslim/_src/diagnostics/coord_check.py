@@ -429,6 +429,17 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _span_decades(ax, decades: float) -> None:
+    """Widen a log y-axis to at least ``decades`` decades, so a flat curve looks flat."""
+    lo, hi = ax.get_ylim()
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        return
+    if math.log10(hi / lo) < decades:
+        mid = math.sqrt(lo * hi)
+        half = 10 ** (decades / 2)
+        ax.set_ylim(mid / half, mid * half)
+
+
 def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None) -> str:
     """Draw RMS against size (log-log) for every quantity and depth position, one row of
     panels per axis, at ``step`` (default last); save a PNG at ``path`` and return it."""
@@ -439,8 +450,8 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
 
     axes = list(dict.fromkeys(exponents["axis"]))
     quantities = ("h", "p", "dh", "dp", "du", "dy")
-    fig, grid = plt.subplots(len(axes), len(quantities), figsize=(3.1 * len(quantities),
-                             2.6 * len(axes)), squeeze=False)
+    fig, grid = plt.subplots(len(axes), len(quantities), figsize=(2.9 * len(quantities),
+                             2.9 * len(axes) + 0.4), squeeze=False)
     param = exponents["param"].iloc[0]
     opt = exponents["optimizer"].iloc[0]
     for i, a in enumerate(axes):
@@ -457,6 +468,10 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
                         label=f"{r.position} ({r.exponent:+.2f})")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            _span_decades(ax, 1.5)
+            sizes = list(eq["sizes"].iloc[0]) if not eq.empty else []
+            ax.set_xticks(sizes, [f"{v:g}" for v in sizes], fontsize=7)
+            ax.minorticks_off()
             ax.set_xlabel(a)
             title = q if q in ("h", "p") else f"{q} at k={k}"
             ax.set_title(f"{title}", fontsize=9)

@@ -1,0 +1,64 @@
+"""Diagnostics: is a parameterization right at every size?
+
+Coordinate checks over ``L``, ``M``, ``D`` (``width`` = M and D together, ``alpha``)::
+
+    coord_check(param, axis=("L", "M", "D"), sizes=None, *, tol=0.25, base=(8, 256, 64),
+                optimizer="gd", lr=0.1, steps=3, seeds=(0, 1, 2, 3), ...) -> DataFrame
+    measure(...)                    raw per-layer RMS records of one sweep
+    fit_exponents(records, tol)     log-log slopes per quantity, depth position and step
+    classify(exponents, step, tol)  verdict per axis: feature learning / lazy / partial / unstable
+    exponent_table(params, axes)    the measured exponent table of several parameterizations
+    markdown_table(summary)         ... as Markdown
+    plot_coord_check(exponents, path)
+
+Phase diagram of residual scalings ``beta = alpha L^a M^b D^c`` (two-layer blocks)::
+
+    residual_scaling(L, M, D, alpha) -> Parameterization   (tied lr eta D / (L M beta^2))
+    phase_diagram(x="L", y="M", x_exponents, y_exponents, fixed) -> DataFrame
+    alpha_sweep(alphas) -> DataFrame
+    plot_phase_diagram(maps, path, alpha=None)
+
+Thresholds and meaning: docs/regimes.md.
+"""
+
+from ._src.diagnostics.coord_check import (
+    AXES,
+    DEFAULT_BASE,
+    DEFAULT_SIZES,
+    TOL,
+    classify,
+    coord_check,
+    exponent_table,
+    fit_exponents,
+    markdown_table,
+    measure,
+    plot_coord_check,
+    trend,
+)
+from ._src.diagnostics.phase import (
+    alpha_sweep,
+    classify_point,
+    phase_diagram,
+    plot_phase_diagram,
+    residual_scaling,
+)
+
+__all__ = [
+    "AXES",
+    "DEFAULT_BASE",
+    "DEFAULT_SIZES",
+    "TOL",
+    "alpha_sweep",
+    "classify",
+    "classify_point",
+    "coord_check",
+    "exponent_table",
+    "fit_exponents",
+    "markdown_table",
+    "measure",
+    "phase_diagram",
+    "plot_coord_check",
+    "plot_phase_diagram",
+    "residual_scaling",
+    "trend",
+]
