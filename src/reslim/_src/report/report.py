@@ -124,7 +124,13 @@ def overview_section(spec, store) -> Section:
     ]
     if spec.description:
         paras.insert(0, spec.description)
-    paras.append("```\n" + json.dumps(spec.config(), indent=1) + "\n```")
+    try:
+        import tomli_w
+
+        text = tomli_w.dumps(spec.config())
+    except (ImportError, TypeError, ValueError):
+        text = json.dumps(spec.config(), indent=1)
+    paras.append("```\n" + text.strip() + "\n```")
     section = Section("Overview", paras)
     failed = mine[mine["status"] == "failed"] if len(mine) else mine
     if len(failed):
