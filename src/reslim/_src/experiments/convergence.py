@@ -102,6 +102,16 @@ class LimitReference(StrictModel):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _known(self) -> LimitReference:
+        from ..limits.base import get_limit
+
+        try:  # unknown names and options fail here, before any run
+            get_limit(self.name, **self.options)
+        except (ValueError, TypeError) as err:
+            raise ValueError(str(err).splitlines()[0]) from None
+        return self
+
 
 Reference = Annotated[NetworkReference | LimitReference, Field(discriminator="kind")]
 
