@@ -35,6 +35,7 @@ BAD = [  # (id, extra arguments, text the one-line error must contain)
     ("too large for memory", ["--set", "grid.L=[100000]", "--set", "grid.M=[100000]"], "too large for"),
     ("unknown parameterization", ["--set", "model.param.name=nope"], "model.param.name"),
     ("unknown activation", ["--set", "model.activation=swish"], "model.activation"),
+    ("unknown limit", ["--set", 'reference={kind="limit", name="bogus"}'], "reference.limit"),
     ("nan lr", ["--set", "train.lr=nan"], "train.lr"),
     ("inf lr", ["--set", "train.lr=inf"], "train.lr"),
     ("zero lr", ["--set", "train.lr=0"], "train.lr"),
