@@ -276,6 +276,8 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: i
     depths = sorted(sub["L"].unique())
     cmap = plt.get_cmap("viridis")
     for ax, param in zip(axes[0], params, strict=True):
+        finite = sub.loc[sub["param"] == param, metric].to_numpy(float)
+        finite = finite[np.isfinite(finite) & (finite > 0)]
         for i, L in enumerate(depths):
             g = sub[(sub["param"] == param) & (sub["L"] == L)]
             t = g.pivot_table(index="lr", columns="seed", values=metric, aggfunc="mean").sort_index()
@@ -294,9 +296,14 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: i
                 ax.plot(np.log2(o["lr_star"].iloc[0]), o["loss_star"].iloc[0], "*", ms=8, color=color,
                         mec="k", mew=0.4)
         ax.set_yscale("log")
+        if finite.size:
+            # the interesting range: from the best loss to a few times the typical loss;
+            # near-divergent points (1e20 and up) would otherwise flatten every curve
+            ax.set_ylim(0.8 * finite.min(), 4.0 * np.median(finite))
         ax.set_title(param, fontsize=9)
         ax.set_xlabel("log2 lr")
-    axes[0][0].set_ylabel(f"final {metric.replace('_', ' ')}")
+    label = metric.replace("_", " ")
+    axes[0][0].set_ylabel(label if label.startswith("final") else f"final {label}")
     axes[0][-1].legend(fontsize=6)
     fig.suptitle(f"{dataset}, width {width}", fontsize=9)
     fig.tight_layout()
