@@ -158,8 +158,9 @@ def _fmt(v: float) -> str:
 
 def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
                        alpha: pd.DataFrame | None = None) -> str:
-    """Draw each map (cells coloured by verdict, annotated with the ``du`` exponents along the
-    swept axes, MLU's point starred) and optionally the alpha sweep; save a PNG at ``path``."""
+    """Draw each map (each cell split in one stripe per checked axis, coloured by that axis'
+    verdict and labelled with its ``du`` exponent; complete feature learning outlined; MLU's
+    point starred) and optionally the alpha sweep; save a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,13 +177,19 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
         dy = (ys[1] - ys[0]) if len(ys) > 1 else 1.0
         for r in df.itertuples():
             cx, cy = getattr(r, f"exp_{x}"), getattr(r, f"exp_{y}")
-            ax.add_patch(plt.Rectangle((cx - dx / 2, cy - dy / 2), dx, dy,
-                                       color=VERDICT_COLORS.get(r.verdict, "#999999"), alpha=0.8))
-            label = "\n".join(f"{a}:{_fmt(getattr(r, f'du_{a}'))}" for a in EXPONENT_AXES
-                               if hasattr(r, f"du_{a}"))
-            ax.text(cx, cy, label, ha="center", va="center", fontsize=6)
+            present = [a for a in EXPONENT_AXES if hasattr(r, f"verdict_{a}")]
+            h = dy / max(1, len(present))
+            for i, a in enumerate(present):  # one stripe per checked axis, top to bottom
+                y0 = cy + dy / 2 - (i + 1) * h
+                ax.add_patch(plt.Rectangle((cx - dx / 2, y0), dx, h, alpha=0.85, lw=0,
+                                           color=VERDICT_COLORS.get(getattr(r, f"verdict_{a}"), "#999")))
+                ax.text(cx, y0 + h / 2, f"{a}: {_fmt(getattr(r, f'du_{a}'))}", ha="center",
+                        va="center", fontsize=6)
+            edge = "k" if r.verdict == "feature learning" else "white"
+            ax.add_patch(plt.Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, ec=edge,
+                                       lw=2 if edge == "k" else 1))
         mx, my = MLU_EXPONENTS[x], MLU_EXPONENTS[y]
-        ax.plot([mx], [my], marker="*", color="k", ms=14, mfc="none")
+        ax.plot([mx - 0.4 * dx], [my + 0.4 * dy], marker="*", color="k", ms=9)
         ax.set_xlim(xs[0] - dx / 2, xs[-1] + dx / 2)
         ax.set_ylim(ys[0] - dy / 2, ys[-1] + dy / 2)
         ax.set_xticks(xs)
@@ -190,7 +197,8 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
         ax.set_xlabel(f"exponent of {x} in the residual scale")
         ax.set_ylabel(f"exponent of {y} in the residual scale")
         fixed = ", ".join(f"{k}^{v:g}" for k, v in df.attrs.get("fixed", {}).items())
-        ax.set_title(f"beta = L^a M^b D^c ({fixed} fixed); cells: du exponents", fontsize=9)
+        ax.set_title(f"beta = L^a M^b D^c ({fixed} fixed)\nstripes: verdict along L / M / D, "
+                     f"text: exponent of du", fontsize=9)
     handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()]
     axs[0][0].legend(handles=handles, fontsize=7, loc="lower left")
     if alpha is not None:
@@ -206,6 +214,8 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
             ax.plot(r["sizes"], vals, marker="o", label=f"{q} (exponent {r['exponent']:+.2f})")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(list(r["sizes"]), [f"{v:g}" for v in r["sizes"]])
+        ax.minorticks_off()
         ax.set_xlabel("alpha")
         ax.set_ylabel(f"RMS change at step {k}")
         ax.set_title("MLU residual scale, growing alpha", fontsize=9)
