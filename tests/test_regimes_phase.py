@@ -55,3 +55,18 @@ def test_large_alpha_is_lazy(tmp_path):
         phase_diagram("L", "L")
     with pytest.raises(ValueError, match="fixed"):
         phase_diagram("L", "M", fixed={"Q": 1})
+
+
+def test_cli_phase_diagram(tmp_path):
+    from typer.testing import CliRunner
+
+    from reslim.cli import app
+
+    res = CliRunner().invoke(app, ["phase-diagram", "--exponents", "-1", "--d-exponents", "0.5",
+                                   "--alphas", "1,2", "--seeds", "1", "--steps", "1", "--out",
+                                   str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "complete feature learning at: (L^-1 M^-1 D^0.5)" in res.output
+    assert (tmp_path / "phase-diagram.png").exists() and (tmp_path / "phase-L-M.csv").exists()
+    res = CliRunner().invoke(app, ["phase-diagram", "--exponents", "a,b"])
+    assert res.exit_code == 2 and "--exponents" in res.output
