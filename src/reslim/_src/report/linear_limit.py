@@ -244,7 +244,8 @@ def sections(kind, spec, store, res: LinearLimitAnalysis, fig_dir) -> list[Secti
             rows.append({"error": name, "fit_additive term": term, "coefficient": coef,
                          "fitted": f.coefficients[coef], "CI low": lo, "CI high": hi,
                          "paper term": pterm, "paper-form value": pval,
-                         "paper-form CI": f"[{max(lo, 0) ** 2:.3g}, {hi ** 2:.3g}]" if np.isfinite(lo) else "",
+                         "paper-form CI": (f"[{max(lo, 0) ** 2:.3g}, {hi ** 2:.3g}]"
+                                           if np.isfinite(lo) else ""),
                          "published": pub.get(pterm, math.nan)})
     if rows:
         a.tables.append(("Additive models in both parameterisations (leg1-embedding: finite vs MeanODE, "
