@@ -50,6 +50,7 @@ BAD = [  # (id, extra arguments, text the one-line error must contain)
     ("address without ray", ["--address", "auto"], "--address"),
     ("malformed address", ["--executor", "ray", "--address", "nohost"], "--address"),
     ("address port range", ["--executor", "ray", "--address", "h:70000"], "--address"),
+    ("unreachable address", ["--executor", "ray", "--address", "127.0.0.1:1"], "--address"),
     ("zero cpus per task", ["--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task"),
     ("negative cpus per task", ["--executor", "ray", "--cpus-per-task", "-1"], "--cpus-per-task"),
     ("fractional cpus above 1", ["--executor", "ray", "--cpus-per-task", "1.5"], "--cpus-per-task"),

@@ -43,6 +43,19 @@ def check_resource(option: str, value: float, *, positive: bool) -> float:
     return float(value)
 
 
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when ``HOST:PORT`` accepts no connection."""
+    if address is None or address == "auto":
+        return
+    import socket
+
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(f"cannot reach Ray at --address {address}: {err.strerror or err}") from None
+
+
 def _ray():
     try:
         import ray
@@ -93,13 +106,14 @@ class RayExecutor(Executor):
         ray = _ray()
         self._owns = False
         if not ray.is_initialized():
+            _check_reachable(self.address)
             options = {"include_dashboard": False, "log_to_driver": False, **(init_options or {})}
             try:
                 ray.init(address=self.address, runtime_env=runtime_env, **options)
             except Exception as err:  # noqa: BLE001 - reported as one line
-                where = self.address or "a local Ray instance"
-                msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"cannot start or reach {where}: {msg}") from None
+                where = (f"connect to Ray at --address {self.address}" if self.address
+                         else "start a local Ray instance")
+                raise ValueError(f"cannot {where}: {_first_line(err)}") from None
             self._owns = True
         self._ray = ray
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
