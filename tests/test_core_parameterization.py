@@ -30,7 +30,8 @@ def test_monomial_parsing_and_exponents():
      {"L": 1, "M": 1, "D": 1, "alpha": -2}, {"L": 1, "M": 1, "D": 1, "alpha": -2}),
     ("mlu-unit", {"alpha": 1, "D": 0.5, "L": -1, "M": -1}, {"D": -0.5}, {}, {"D": -1},
      {"L": 1, "M": 1, "alpha": -2}, {"L": 1, "M": 1, "alpha": -2}),
-    ("completep", {"alpha": 1, "L": -1}, {"D": -0.5}, {"M": -0.5}, {"D": -1}, {"D": 1}, {"D": 1}),
+    ("completep", {"alpha": 1, "L": -1}, {"D": -0.5}, {"M": -0.5}, {"D": -1}, {"L": 1, "D": 1},
+     {"L": 1, "D": 1}),
     ("depth-mup", {"alpha": 1, "L": -0.5}, {"D": -0.5}, {"M": -0.5}, {"D": -1}, {"D": 1}, {"D": 1}),
     ("depth-mup-corrected", {"alpha": 1, "L": -0.5}, {"D": -0.5}, {"M": -0.5}, {"D": -1},
      {"D": 1, "L": 0.5}, {"D": 1}),
@@ -109,3 +110,15 @@ def test_describe_cli_prints_effective_values_and_rejects_bad_input():
                       (["--param", "mlu", "--shape", "1,2"], "three entries")):
         res = runner.invoke(app, ["describe", *args])
         assert res.exit_code == 2 and msg in res.output
+
+
+def test_parameterizations_and_models_deepcopy_and_pickle():
+    import copy
+    import pickle
+
+    p = get_parameterization("depth-mup-corrected", correction=0.3)
+    for clone in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert clone == p and clone.roles["U"].lr_sgd.exponent("L") == 0.3
+    net = ResNet(Shape(2, 3, 4), param=p, d_in=2, d_out=1, seeds=[0])
+    twin = copy.deepcopy(net)
+    assert twin.param == p and twin.U is not net.U and np.array_equal(twin.U.detach(), net.U.detach())

@@ -81,6 +81,11 @@ class Parameterization:
         object.__setattr__(self, "roles", MappingProxyType(dict(self.roles)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
+    def __reduce__(self):
+        # mapping proxies cannot be pickled or deep-copied: rebuild from plain dicts
+        return (Parameterization, (self.name, dict(self.roles), self.branch, self.alpha,
+                                   self.description, dict(self.options)))
+
     def supports(self, block: str) -> bool:
         return all(r in self.roles for r in BLOCK_ROLES[block])
 
@@ -160,7 +165,7 @@ _MUP_READOUT = RoleScaling.of(init=1, mult="1/D", lr_sgd="D", lr_adam=1)
 
 def _mlu(alpha: float = 1.0, embed_init: Any = 1, readout_init: Any = 1) -> Parameterization:
     """MLU, reference form of theory.md §1 (the paper's code): U, V ~ N(0, D), lr eta L M D/alpha^2."""
-    unit = RoleScaling.of(init="sqrt(D)", mult="1/D", lr_sgd="L*M*D/alpha^2", lr_adam="sqrt(D)")
+    unit = RoleScaling.of(init="sqrt(D)", mult="1/D", lr_sgd="L*M*D/alpha^2", lr_adam=1)
     return Parameterization(
         name="mlu",
         roles={
@@ -183,8 +188,8 @@ def _mlu_unit(alpha: float = 1.0, embed_init: Any = 1, readout_init: Any = 1) ->
         name="mlu-unit",
         roles={
             "embed": replace(_MUP_EMBED, init=Monomial.parse(embed_init)),
-            "U": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd="L*M/alpha^2", lr_adam=1),
-            "V": RoleScaling.of(init=1, mult=1, lr_sgd="L*M/alpha^2", lr_adam=1),
+            "U": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd="L*M/alpha^2", lr_adam="D^-0.5"),
+            "V": RoleScaling.of(init=1, mult=1, lr_sgd="L*M/alpha^2", lr_adam="D^-0.5"),
             "readout": replace(_MUP_READOUT, init=Monomial.parse(readout_init)),
         },
         branch=Monomial.parse("alpha*sqrt(D)/(L*M)"),
@@ -195,21 +200,26 @@ def _mlu_unit(alpha: float = 1.0, embed_init: Any = 1, readout_init: Any = 1) ->
     )
 
 
-def _width_mup_blocks(depth_lr_adam: str, u_lr_factor: str = "1") -> dict[str, RoleScaling]:
+def _width_mup_blocks(depth_lr_adam: str, u_lr_factor: str = "1",
+                      depth_lr_sgd: str = "1") -> dict[str, RoleScaling]:
+    """muP in width (rules assume M proportional to D, as the muP literature does)."""
+    sgd = f"D*{depth_lr_sgd}"
     return {
         "embed": _MUP_EMBED,
-        "U": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd=f"D*{u_lr_factor}",
+        "U": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd=f"{sgd}*{u_lr_factor}",
                             lr_adam=f"D^-0.5*{depth_lr_adam}*{u_lr_factor}"),
-        "V": RoleScaling.of(init=1, mult="M^-0.5", lr_sgd="D", lr_adam=f"M^-0.5*{depth_lr_adam}"),
-        "W": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd="D", lr_adam=f"D^-0.5*{depth_lr_adam}"),
+        "V": RoleScaling.of(init=1, mult="M^-0.5", lr_sgd=sgd, lr_adam=f"M^-0.5*{depth_lr_adam}"),
+        "W": RoleScaling.of(init=1, mult="D^-0.5", lr_sgd=sgd, lr_adam=f"D^-0.5*{depth_lr_adam}"),
         "readout": _MUP_READOUT,
     }
 
 
 def _completep(alpha: float = 1.0) -> Parameterization:
     return Parameterization(
-        name="completep", roles=_width_mup_blocks("1"), branch=Monomial.parse("alpha/L"),
-        alpha=alpha, description="CompleteP: 1/L branches, muP in width",
+        name="completep", roles=_width_mup_blocks("1", depth_lr_sgd="L"),
+        branch=Monomial.parse("alpha/L"), alpha=alpha,
+        description="CompleteP: 1/L branches, muP in width; SGD hidden lr eta D L "
+        "(L^(2a-1) at a = 1), Adam hidden lr without depth factor",
         options={"alpha": alpha})
 
 
