@@ -85,3 +85,29 @@ def test_cifar_spec_fails_before_running(tmp_path):
 
     ds = load_data(spec.datasets[0].model_dump())
     assert ds.X.shape == (8, 192)
+
+
+def test_data_shorthand_runs_gia_gap_on_cifar_from_disk(tmp_path):
+    """``reslim run gia-gap --data cifar10 --data-dir DIR`` trains on the files in DIR."""
+    from typer.testing import CliRunner
+
+    from reslim.cli import app
+    from reslim.experiments import load_results
+
+    _fake_cifar(tmp_path, n=40)
+    out = tmp_path / "out"
+    args = ["run", "gia-gap", "--data", "cifar10", "--data-dir",
+            str(tmp_path / "cifar-10-batches-bin"), "--out", str(out), "--no-progress",
+            "--set", "depths=[2,4]", "--set", "seeds=1", "--set", "train.steps=3", "--set", "width=8",
+            "--set", "train.batch_size=10",
+            "--set", "data.n_train=20", "--set", "data.n_test=10", "--set", "data.pool=8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    df = load_results(out)
+    assert len(df) > 0 and set(df["status"]) == {"done"}
+    data_cols = [c for c in df.columns if c.startswith("config.") and c.endswith("kind")]
+    assert data_cols and any((df[c] == "cifar10").all() for c in data_cols), data_cols
+    bad = CliRunner().invoke(app, ["run", "convergence", "--data", "cifar10", "--out",
+                                   str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "takes no data option" in bad.output
+    assert not (tmp_path / "x").exists()

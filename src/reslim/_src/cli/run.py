@@ -9,6 +9,23 @@ import typer
 from .app import app, fail
 
 
+def data_overrides(spec, kind: str | None, directory: str | None) -> list[str]:
+    """``--data/--data-dir`` as ``--set`` overrides of the spec's ``data`` or ``datasets`` field."""
+    from ..experiments.spec import SpecError
+
+    fields = type(spec).model_fields
+    if "datasets" in fields:
+        entry = {"kind": kind or spec.datasets[0].kind}
+        if directory is not None:
+            entry["dir"] = directory
+        inner = ", ".join(f'{k} = "{v}"' for k, v in entry.items())
+        return [f"datasets=[{{{inner}}}]"]
+    if "data" in fields and hasattr(spec.data, "dir"):
+        out = [] if kind is None else [f'data.kind="{kind}"']
+        return out + ([] if directory is None else [f'data.dir="{directory}"'])
+    raise SpecError(f"--data: experiment kind {spec.kind!r} takes no data option")
+
+
 @app.command()
 def run(
     spec: str = typer.Argument(..., help="built-in spec name (e.g. convergence) or a path to a .toml spec"),
@@ -25,6 +42,10 @@ def run(
                                                "(fractions below 1 allowed)"),
     max_retries: int = typer.Option(2, "--max-retries", help="resubmissions of a task whose worker died"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    data: str | None = typer.Option(None, "--data", help="shorthand for the spec's data kind, e.g. "
+                                    "cifar10 (sets data.kind, or datasets for transfer)"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="folder holding the data on disk "
+                                        "(e.g. cifar-10-batches-bin)"),
 ) -> None:
     """Run an experiment spec: sweep (resuming), store results, fit, write the report."""
     from ..experiments.executors import make_executor
@@ -37,6 +58,8 @@ def run(
         options = executor_options(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
                                    gpus_per_task=gpus_per_task, max_retries=max_retries)
         s = load_spec(spec, overrides)
+        if data is not None or data_dir is not None:
+            s = load_spec(spec, [*overrides, *data_overrides(s, data, data_dir)])
         out = check_output_dir(out if out is not None else Path("runs") / s.name)
     except SpecError as err:
         fail(str(err))
