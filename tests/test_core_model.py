@@ -195,3 +195,27 @@ def test_log_grid_matches_the_papers():
     assert log_grid(10, 500, 15) == [10, 13, 17, 23, 30, 40, 53, 70, 93, 123, 163, 216, 285, 378, 499]
     assert log_grid(1, 3, 10) == [1, 2, 3]  # de-duplicated
     assert Shape.parse("16,64,64") == Shape(16, 64, 64) and Shape(2, 3, 4).P == 24
+
+
+@pytest.mark.parametrize("block,param,optimizer,gia", [
+    ("two-layer", "mlu", "gd", False), ("two-layer", "depth-mup", "sgd", False),
+    ("one-layer", "depth-mup", "gd", False), ("two-layer", "depth-mup", "gd", True),
+])
+def test_low_rank_updates_are_exact_gd(block, param, optimizer, gia):
+    """Factored accumulation of updates (with flushes) equals dense in-place GD."""
+    data = gaussian_data(N=6, d_in=3, d_out=2, seed=1)
+    kw = dict(param=param, d_in=3, d_out=2, block=block, seeds=[0, 1], train_readout=True)
+    extra = dict(batch_size=3) if optimizer == "sgd" else {}
+    record = ("outputs", "hidden", "pre", "loss")
+    dense_net, lr_net = ResNet(Shape(4, 20, 24), **kw), ResNet(Shape(4, 20, 24), **kw)
+    dense = train(dense_net, data, steps=7, lr=[0.05, 0.2], optimizer=optimizer, gia=gia,
+                  record=record, low_rank=False, **extra)
+    factored = train(lr_net, data, steps=7, lr=[0.05, 0.2], optimizer=optimizer, gia=gia,
+                     record=record, low_rank=True, **extra)  # capacity 2 steps: flushes
+    assert np.abs(dense.outputs[-1] - dense.outputs[0]).max() > 1e-3
+    for name in record:
+        np.testing.assert_allclose(getattr(factored, name), getattr(dense, name), rtol=1e-10,
+                                   atol=1e-12)
+    for role, t in dense_net.role_tensors().items():
+        np.testing.assert_allclose(lr_net.role_tensors()[role].detach().numpy(),
+                                   t.detach().numpy(), rtol=1e-10, atol=1e-12)
