@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from reslim import Trajectory, linear_teacher
 from reslim.limits import (
@@ -19,13 +18,7 @@ from reslim.limits import (
     solve,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(D=8, B=1, N=2, K=3, seed=0, **kw):

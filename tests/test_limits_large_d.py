@@ -3,18 +3,11 @@ Gaussian laws and kernels, single sites and the paper's embedding metric."""
 
 import numpy as np
 import pytest
-import torch
 
 from reslim import Dataset, linear_teacher
 from reslim.limits import LargeDLimit, LimitProblem, MeanODE, ReferenceNetwork, embedding_error, output_rms
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_known_single_sample_outputs():

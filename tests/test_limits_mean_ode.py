@@ -3,19 +3,12 @@ integrator, and convergence of finite linear ResNets to it as L, M grow (theory.
 
 import numpy as np
 import pytest
-import torch
 
 from reslim import linear_teacher
 from reslim._src.limits.dense import dense_mean_ode
 from reslim.limits import LimitProblem, MeanODE, ReferenceNetwork, embedding_rms, hidden_distance, output_rms
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("loss", ["sum", "mean"])

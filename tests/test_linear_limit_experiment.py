@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import reslim.cli  # noqa: F401  (registers commands)
@@ -13,13 +12,7 @@ from reslim._src.cli.app import app
 from reslim._src.experiments.registry import get_experiment
 from reslim.experiments import Store, load_results, load_spec, run_sweep
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(**kw):

@@ -161,6 +161,7 @@ _ROLE_ID = {"reference": 0, "embedding": 1, "output": 2}
 
 class Convergence(ExperimentKind):
     spec_model = ConvergenceSpec
+    report_module = "reslim._src.report.convergence"
 
     def __init__(self) -> None:
         self._ref_cache: dict[str, dict[str, np.ndarray]] = {}
@@ -297,22 +298,6 @@ class Convergence(ExperimentKind):
         if not c.get("store_h_last"):
             result.arrays.pop("h_last")
         return result
-
-    # --- analysis and report ------------------------------------------------------------------
-    def analyse(self, spec, store):
-        from ..report.convergence import analyse
-
-        return analyse(self, spec, store)
-
-    def report(self, spec, store, analysis, figure_dir):
-        from ..report.convergence import sections
-
-        return sections(self, spec, store, analysis, figure_dir)
-
-    def summary(self, spec, analysis) -> list[str]:
-        from ..report.convergence import summary_lines
-
-        return summary_lines(analysis)
 
 
 def _data(c: dict[str, Any]):

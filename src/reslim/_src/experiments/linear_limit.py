@@ -226,6 +226,7 @@ def _divergence(*errors: np.ndarray, threshold: float) -> int:
 
 class LinearLimit(ExperimentKind):
     spec_model = LinearLimitSpec
+    report_module = "reslim._src.report.linear_limit"
 
     # --- expansion ----------------------------------------------------------------------------
     def common(self, spec: LinearLimitSpec) -> dict[str, Any]:
@@ -382,22 +383,6 @@ class LinearLimit(ExperimentKind):
             results.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics,
                                      {"outputs": coef.outputs[:, b]}, seconds=seconds))
         return results
-
-    # --- analysis and report ------------------------------------------------------------------
-    def analyse(self, spec, store):
-        from ..report.linear_limit import analyse
-
-        return analyse(self, spec, store)
-
-    def report(self, spec, store, analysis, figure_dir):
-        from ..report.linear_limit import sections
-
-        return sections(self, spec, store, analysis, figure_dir)
-
-    def summary(self, spec, analysis) -> list[str]:
-        from ..report.linear_limit import summary_lines
-
-        return summary_lines(analysis)
 
 
 register_experiment("linear-limit", LinearLimit())

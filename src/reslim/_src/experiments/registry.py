@@ -94,6 +94,15 @@ class ExperimentKind:
 
     name: ClassVar[str] = ""
     spec_model: ClassVar[type[SpecBase]]
+    #: optional module (imported on first use, in the driver only) providing
+    #: ``analyse(kind, spec, store)``, ``sections(kind, spec, store, analysis, figure_dir)`` and
+    #: ``summary_lines(analysis)``: the default analysis/report hooks delegate to it
+    report_module: ClassVar[str | None] = None
+
+    def _report_module(self):
+        import importlib
+
+        return None if self.report_module is None else importlib.import_module(self.report_module)
 
     @property
     def module(self) -> str:
@@ -112,16 +121,19 @@ class ExperimentKind:
         return result
 
     def analyse(self, spec: SpecBase, store: Store) -> Any:
-        """Fits and tables from the store (default: nothing)."""
-        return None
+        """Fits and tables from the store (default: the report module's, else nothing)."""
+        mod = self._report_module()
+        return None if mod is None else mod.analyse(self, spec, store)
 
     def report(self, spec: SpecBase, store: Store, analysis: Any, figure_dir) -> list[Section]:
         """Report sections (with figures written under ``figure_dir``)."""
-        return []
+        mod = self._report_module()
+        return [] if mod is None else mod.sections(self, spec, store, analysis, figure_dir)
 
     def summary(self, spec: SpecBase, analysis: Any) -> list[str]:
         """Lines printed at the end of ``reslim run``."""
-        return []
+        mod = self._report_module()
+        return [] if mod is None else mod.summary_lines(analysis)
 
 
 _REGISTRY: dict[str, ExperimentKind] = {}
