@@ -18,6 +18,14 @@ Phase diagram of residual scalings ``beta = alpha L^a M^b D^c`` (two-layer block
     alpha_sweep(alphas) -> DataFrame
     plot_phase_diagram(maps, path, alpha=None)
 
+Depth (docs/depth.md)::
+
+    gia_gap(data, params, depths, width, seeds, steps, lr, ...) -> DataFrame   ordinary vs GIA
+    first_layer_collapse(data, depths, width, seeds, optimizers, corrections, ...) -> DataFrame
+    fit_depth_exponents(df, metrics, by), summarize_by_depth(df, metrics, by)
+    lr_sweep(data, param, depths, widths, lrs, ...) -> DataFrame   (one batched run per shape)
+    optimal_lr(lrs, losses), lr_drift(depths, lr_star), optima(df), verdicts(opt), plot_transfer
+
 Thresholds and meaning: docs/regimes.md.
 """
 
@@ -35,12 +43,29 @@ from ._src.diagnostics.coord_check import (
     plot_coord_check,
     trend,
 )
+from ._src.diagnostics.depth import (
+    feature_updates,
+    first_layer_collapse,
+    fit_depth_exponents,
+    gap_metrics,
+    gia_gap,
+    summarize_by_depth,
+)
 from ._src.diagnostics.phase import (
     alpha_sweep,
     classify_point,
     phase_diagram,
     plot_phase_diagram,
     residual_scaling,
+)
+from ._src.diagnostics.transfer import (
+    lr_drift,
+    lr_grid,
+    lr_sweep,
+    optima,
+    optimal_lr,
+    plot_transfer,
+    verdicts,
 )
 
 __all__ = [
@@ -61,4 +86,17 @@ __all__ = [
     "plot_phase_diagram",
     "residual_scaling",
     "trend",
+    "feature_updates",
+    "first_layer_collapse",
+    "fit_depth_exponents",
+    "gap_metrics",
+    "gia_gap",
+    "summarize_by_depth",
+    "lr_drift",
+    "lr_grid",
+    "lr_sweep",
+    "optima",
+    "optimal_lr",
+    "plot_transfer",
+    "verdicts",
 ]
