@@ -219,3 +219,33 @@ def test_low_rank_updates_are_exact_gd(block, param, optimizer, gia):
     for role, t in dense_net.role_tensors().items():
         np.testing.assert_allclose(lr_net.role_tensors()[role].detach().numpy(),
                                    t.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("block,param,optimizer", [
+    ("two-layer", "mlu", "gd"), ("two-layer", "depth-mup", "sgd"), ("one-layer", "depth-mup", "gd"),
+    ("two-layer", "mlu", "adam"),
+])
+def test_fused_cpu_kernels_equal_the_torch_path(block, param, optimizer):
+    """kernels.c (one pass per weight: product and update fused) equals plain torch ops."""
+    from reslim._src.models import kernels
+
+    if not kernels.available():
+        pytest.skip(f"fused kernels unavailable here: {kernels._error}")
+    data = gaussian_data(N=7, d_in=3, d_out=2, seed=2)
+    kw = dict(param=param, d_in=3, d_out=2, block=block, seeds=[0, 1, 2], train_readout=True)
+    extra = dict(batch_size=4) if optimizer == "sgd" else {}
+    record = ("outputs", "hidden", "pre", "loss")
+    nets = []
+    for use in (True, False):
+        net = ResNet(Shape(3, 70, 33), **kw)  # M and D not multiples of the kernels' blocks
+        net.use_kernels = use
+        assert net.kernels_apply(data.N) is use
+        nets.append(net)
+    fast, ref = (train(n, data, steps=5, lr=[0.05, 0.1, 0.2], optimizer=optimizer, record=record,
+                       **extra) for n in nets)
+    assert np.abs(ref.outputs[-1] - ref.outputs[0]).max() > 1e-3
+    for name in record:
+        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), rtol=1e-11, atol=1e-12)
+    for role, t in nets[1].role_tensors().items():
+        np.testing.assert_allclose(nets[0].role_tensors()[role].detach().numpy(),
+                                   t.detach().numpy(), rtol=1e-11, atol=1e-12)

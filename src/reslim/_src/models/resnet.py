@@ -28,6 +28,7 @@ from torch import nn
 
 from ..scaling.parameterization import Parameterization, get_parameterization
 from ..scaling.shapes import Shape
+from . import kernels
 from .activations import get_activation
 
 BLOCKS = ("two-layer", "one-layer")
@@ -108,6 +109,7 @@ class ResNet(nn.Module):
             raise ValueError("seeds must name at least one network")
         self.train_embedding, self.train_readout = bool(train_embedding), bool(train_readout)
         self.dtype = resolve_dtype(dtype)
+        self.use_kernels: bool | None = None  # None: the fused CPU kernels where they apply
         self.scales = self.param.effective(self.shape, d_in, d_out)
         L, M, D = self.shape.as_tuple()
         B = len(self.seeds)
@@ -185,6 +187,14 @@ class ResNet(nn.Module):
             roles.append("readout")
         return tuple(roles)
 
+    def kernels_apply(self, n_samples: int) -> bool:
+        """Whether the fused CPU kernels (kernels.c) run this network's block GEMMs."""
+        if self.use_kernels is False:
+            return False
+        cols = self.shape.M if self.block == "two-layer" else self.shape.D
+        big = self.shape.D * cols >= 4096 or self.use_kernels is True
+        return big and kernels.usable(self.W_e, n=n_samples)
+
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
         """Samples ``(N, d_in)`` (or ``(B, N, d_in)``) as a tensor of the network's dtype."""
         X = torch.as_tensor(X, dtype=self.dtype, device=self.device)
@@ -219,6 +229,8 @@ class ResNet(nn.Module):
             h = h.expand(self.batch_size, -1, -1)
         hidden, pre, acts = [h], [], []
         coef = self.beta * self.mult("V" if self.block == "two-layer" else "W")
+        if delta is None and self.kernels_apply(h.shape[-2]):
+            return self._forward_kernels(h, hidden, pre, acts, coef)
         for l in range(self.shape.L):
             if self.block == "two-layer":
                 p = torch.bmm(h, self.U[l])
@@ -237,6 +249,28 @@ class ResNet(nn.Module):
             pre.append(p)
             acts.append(a)
             hidden.append(h)
+        y = self.mult("readout") * torch.bmm(h, self.W_u)
+        return ForwardCache(hidden, pre, acts, y)
+
+    def _forward_kernels(self, h, hidden, pre, acts, coef) -> ForwardCache:
+        act = self.activation.fn
+        B, N, D = h.shape
+        for l in range(self.shape.L):
+            h_next = torch.empty(B, N, D, dtype=h.dtype)
+            h_next.copy_(h)
+            if self.block == "two-layer":
+                p = torch.empty(B, N, self.shape.M, dtype=h.dtype)
+                kernels.xw(h, self.U[l], p)
+                p.mul_(self.mult("U"))
+                a = act(p)
+                kernels.xwt(a, self.V[l], h_next, coef)
+            else:
+                p, a = h, act(h)
+                kernels.xwt(a, self.W[l], h_next, coef)
+            pre.append(p)
+            acts.append(a)
+            hidden.append(h_next)
+            h = h_next
         y = self.mult("readout") * torch.bmm(h, self.W_u)
         return ForwardCache(hidden, pre, acts, y)
 
@@ -263,7 +297,12 @@ class ResNet(nn.Module):
         g = self.mult("readout") * torch.bmm(dy, self.W_u.mT)  # dR/dh_L, (B, N, D)
         if self.train_readout:
             update.apply("readout", None, cache.hidden[-1].mT, dy, self.mult("readout"))
-        if self.block == "two-layer":
+        fused_coef = getattr(update, "fused_coef", None)
+        if (fused_coef is not None and not bw and delta is None
+                and self.kernels_apply(g.shape[-2]) and fused_coef("U" if self.block == "two-layer"
+                                                                   else "W", 1.0) is not None):
+            g = self._backward_kernels(cache, g, fused_coef)
+        elif self.block == "two-layer":
             cV, cU = self.beta * self.mult("V"), self.mult("U")
             U_b, V_b = bw.get("U", self.U), bw.get("V", self.V)
             for l in range(self.shape.L - 1, -1, -1):
@@ -290,6 +329,32 @@ class ResNet(nn.Module):
                 g = g + ga.mul_(grad_act(p, a)).mul_(cW)
         if self.train_embedding:
             update.apply("embed", None, g.mT, self.inputs(X), self.mult("embed"))
+
+    def _backward_kernels(self, cache: ForwardCache, g: torch.Tensor, fused_coef) -> torch.Tensor:
+        """The block loop of :meth:`backward_update` with plain gradient steps fused into the
+        kernels: each weight is read, used for the gradient below, and updated in one pass."""
+        grad_act = self.activation.grad
+        B, N, D = g.shape
+        if self.block == "two-layer":
+            cV, cU = self.beta * self.mult("V"), self.mult("U")
+            coef_V, coef_U = fused_coef("V", cV), fused_coef("U", cU)
+            for l in range(self.shape.L - 1, -1, -1):
+                p, a, h = cache.pre[l], cache.act[l], cache.hidden[l]
+                ga = torch.empty(B, N, self.shape.M, dtype=g.dtype)
+                kernels.xw(g, self.V[l], ga, left=g, right=a, coef=coef_V)
+                gp = ga.mul_(grad_act(p, a)).mul_(cV)
+                g_next = g.clone()
+                kernels.xwt(gp, self.U[l], g_next, cU, left=h, right=gp, coef=coef_U)
+                g = g_next
+        else:
+            cW = self.beta * self.mult("W")
+            coef_W = fused_coef("W", cW)
+            for l in range(self.shape.L - 1, -1, -1):
+                p, a = cache.pre[l], cache.act[l]
+                ga = torch.empty(B, N, D, dtype=g.dtype)
+                kernels.xw(g, self.W[l], ga, left=g, right=a, coef=coef_W)
+                g = g + ga.mul_(grad_act(p, a)).mul_(cW)
+        return g
 
 
 _STREAM = {"U": 1, "V": 2, "W": 3, "embed": 4, "readout": 5}

@@ -31,6 +31,17 @@ class _SGDUpdate(BlockUpdate):
         self.model, self.lrs, self.mirrors = model, lrs, mirrors or {}
         self.tensors = model.role_tensors()
 
+    def fused_coef(self, role: str, scale: float) -> torch.Tensor | None:
+        """``-lr_b * scale`` per network (B,), for kernels that fuse the update; None when the
+        update has more to do than ``w += coef * grad`` (GIA mirrors)."""
+        if self.mirrors:
+            return None
+        lr = self.lrs[role]
+        B = self.model.batch_size
+        if isinstance(lr, torch.Tensor):
+            return (-scale * lr).to(torch.float64).contiguous()
+        return torch.full((B,), -scale * lr, dtype=torch.float64)
+
     def apply(self, role, layer, left, right, scale):
         param = self.tensors[role] if layer is None else self.tensors[role][layer]
         lr = self.lrs[role]
@@ -52,6 +63,9 @@ class _SGDUpdate(BlockUpdate):
 
 class _LowRankSGDUpdate(_SGDUpdate):
     """Gradient steps on block weights appended to a :class:`LowRankDelta` (exact GD)."""
+
+    def fused_coef(self, role, scale):
+        return None
 
     def __init__(self, model: ResNet, lrs: dict[str, torch.Tensor | float], delta: LowRankDelta):
         super().__init__(model, lrs)
@@ -82,7 +96,8 @@ def low_rank_capacity(model: ResNet, n: int, steps: int) -> int:
     cols = M if model.block == "two-layer" else D
     layer_bytes = model.batch_size * D * cols * model.W_e.element_size()
     cap = int(LOW_RANK_MAX_OVERHEAD * D * cols / (D + cols)) // n * n
-    if model.device.type != "cpu" or layer_bytes < LOW_RANK_MIN_LAYER_BYTES or cap < 2 * n or steps < 2:
+    if (model.device.type != "cpu" or layer_bytes < LOW_RANK_MIN_LAYER_BYTES or cap < 2 * n
+            or steps < 2 or model.kernels_apply(n)):  # the fused kernels already stream once
         return 0
     return min(cap, steps * n)
 

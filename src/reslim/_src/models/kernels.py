@@ -1,0 +1,142 @@
+"""Optional fused CPU kernels (``kernels.c``) for the block GEMMs of a GD step, float64.
+
+Built on first use with the system C compiler (``cc -O3 -march=native -fopenmp``) into a
+per-machine cache (``$RESLIM_CACHE`` or ``~/.cache/reslim``) and loaded with ctypes; where no
+compiler works, or ``RESLIM_KERNELS=0``, :func:`available` is False and the model uses torch.
+
+``xw(x, W, out, update)``:  out = x @ W            then  W += coef * left^T @ right
+``xwt(x, W, out, alpha, update)``: out += alpha x @ W^T, then  W += coef * left^T @ right
+with ``x`` (B, N, K) (batch stride 0 allowed), ``W`` (B, D, M) contiguous, ``coef`` (B,).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+
+_I, _P, _D, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+
+
+def _cpu_tag() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:12]
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler found")
+    src = _SOURCE.read_bytes()
+    tag = hashlib.sha256(src).hexdigest()[:12] + "-" + _cpu_tag()
+    cache = Path(os.environ.get("RESLIM_CACHE", Path.home() / ".cache" / "reslim"))
+    lib = cache / f"kernels-{tag}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / lib.name
+            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-std=c99", "-shared", "-fPIC",
+                   str(_SOURCE), "-o", str(out)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"compiling kernels failed: {res.stderr.strip()[:300]}")
+            os.replace(out, lib)  # atomic: concurrent builders never see a partial file
+    dll = ctypes.CDLL(str(lib))
+    dll.reslim_xw.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _P, _I, _P, _INT]
+    dll.reslim_xwt.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
+    dll.reslim_xw.restype = dll.reslim_xwt.restype = None
+    dll.reslim_nmax.restype = ctypes.c_int
+    return dll
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them once; None where unavailable (see :data:`error`)."""
+    global _lib, _tried, _error
+    if not _tried:
+        _tried = True
+        if os.environ.get("RESLIM_KERNELS", "1") == "0":
+            _error = "disabled by RESLIM_KERNELS=0"
+        else:
+            try:
+                _lib = _build()
+            except (OSError, RuntimeError) as err:
+                _error = str(err)
+    return _lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def usable(*tensors: torch.Tensor, n: int) -> bool:
+    """Whether the kernels apply: CPU float64 tensors and at most NMAX samples."""
+    lib = library()
+    return (lib is not None and n <= lib.reslim_nmax()
+            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors))
+
+
+def _bstride(t: torch.Tensor) -> int:
+    return t.stride(0) if t.shape[0] > 1 else 0
+
+
+def _check(t: torch.Tensor, name: str) -> None:
+    if t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
+        raise ValueError(f"{name} must have contiguous rows")
+
+
+def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, left: torch.Tensor | None = None,
+       right: torch.Tensor | None = None, coef: torch.Tensor | None = None) -> None:
+    """``out = x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
+    B, D, M = W.shape
+    N = x.shape[-2]
+    for t, name in ((x, "x"), (W, "W"), (out, "out")):
+        _check(t, name)
+    upd = coef is not None
+    if upd:
+        _check(left, "left")
+        _check(right, "right")
+    library().reslim_xw(
+        B, N, D, M, x.data_ptr(), _bstride(x) if x.dim() == 3 else 0, W.data_ptr(), W.stride(0),
+        out.data_ptr(), out.stride(0),
+        left.data_ptr() if upd else None, _bstride(left) if upd else 0,
+        right.data_ptr() if upd else None, _bstride(right) if upd else 0,
+        coef.data_ptr() if upd else None, torch.get_num_threads())
+
+
+def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
+        left: torch.Tensor | None = None, right: torch.Tensor | None = None,
+        coef: torch.Tensor | None = None) -> None:
+    """``out += alpha x @ W^T`` (B, N, D); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
+    B, D, M = W.shape
+    N = x.shape[-2]
+    for t, name in ((x, "x"), (W, "W"), (out, "out")):
+        _check(t, name)
+    upd = coef is not None
+    if upd:
+        _check(left, "left")
+        _check(right, "right")
+    library().reslim_xwt(
+        B, N, D, M, x.data_ptr(), _bstride(x), W.data_ptr(), W.stride(0), out.data_ptr(),
+        out.stride(0), float(alpha),
+        left.data_ptr() if upd else None, _bstride(left) if upd else 0,
+        right.data_ptr() if upd else None, _bstride(right) if upd else 0,
+        coef.data_ptr() if upd else None, torch.get_num_threads())
