@@ -32,6 +32,7 @@ from . import kernels
 from .activations import get_activation
 
 BLOCKS = ("two-layer", "one-layer")
+KERNEL_MIN_ELEMENTS = 500 * 500  # below this (e.g. 301 x 301, measured) MKL on cached weights wins
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -192,7 +193,7 @@ class ResNet(nn.Module):
         if self.use_kernels is False:
             return False
         cols = self.shape.M if self.block == "two-layer" else self.shape.D
-        big = self.shape.D * cols >= 4096 or self.use_kernels is True
+        big = self.shape.D * cols >= KERNEL_MIN_ELEMENTS or self.use_kernels is True
         return big and kernels.usable(self.W_e, n=n_samples)
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
