@@ -103,17 +103,22 @@ def _check(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have contiguous rows")
 
 
+def _check_all(x, W, out, left, right, coef) -> bool:
+    """Row-contiguity of every operand; whether an update is fused (``coef`` given)."""
+    named = [(x, "x"), (W, "W"), (out, "out")]
+    if coef is not None:
+        named += [(left, "left"), (right, "right")]
+    for t, name in named:
+        _check(t, name)
+    return coef is not None
+
+
 def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, left: torch.Tensor | None = None,
        right: torch.Tensor | None = None, coef: torch.Tensor | None = None) -> None:
     """``out = x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
     N = x.shape[-2]
-    for t, name in ((x, "x"), (W, "W"), (out, "out")):
-        _check(t, name)
-    upd = coef is not None
-    if upd:
-        _check(left, "left")
-        _check(right, "right")
+    upd = _check_all(x, W, out, left, right, coef)
     library().reslim_xw(
         B, N, D, M, x.data_ptr(), _bstride(x) if x.dim() == 3 else 0, W.data_ptr(), W.stride(0),
         out.data_ptr(), out.stride(0),
@@ -128,12 +133,7 @@ def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
     """``out += alpha x @ W^T`` (B, N, D); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
     N = x.shape[-2]
-    for t, name in ((x, "x"), (W, "W"), (out, "out")):
-        _check(t, name)
-    upd = coef is not None
-    if upd:
-        _check(left, "left")
-        _check(right, "right")
+    upd = _check_all(x, W, out, left, right, coef)
     library().reslim_xwt(
         B, N, D, M, x.data_ptr(), _bstride(x), W.data_ptr(), W.stride(0), out.data_ptr(),
         out.stride(0), float(alpha),
