@@ -24,7 +24,7 @@ from ..training.data import gaussian_data
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .spec import ParamSpec, SpecBase, StrictModel
+from .spec import GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES = ("embedding", "output")
 PUBLISHED = {  # theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
@@ -42,22 +42,6 @@ Size = PositiveInt
 
 def _paper_param() -> ParamSpec:
     return ParamSpec(name="mlu", options={"embed_init": "d_in^-0.5", "readout_init": "d_out^0.5"})
-
-
-class GridSpec(StrictModel):
-    """The shapes: every combination of ``L``, ``M``, ``D``."""
-
-    L: list[Size] = Field(min_length=1)
-    M: list[Size] = Field(min_length=1)
-    D: list[Size] = Field(min_length=1)
-
-    @field_validator("L", "M", "D")
-    @classmethod
-    def _sorted(cls, v: list[int]) -> list[int]:
-        return sorted(set(v))
-
-    def shapes(self) -> list[Shape]:
-        return [Shape(L, M, D) for L in self.L for M in self.M for D in self.D]
 
 
 class ModelSpec(StrictModel):

@@ -36,29 +36,13 @@ from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
 from ..training.trainer import train
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .spec import ParamSpec, SpecBase, StrictModel
+from .spec import GridSpec, ParamSpec, SpecBase, StrictModel
 
 #: theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
 PUBLISHED = {"embedding": {"D/(LM)": 0.673, "1/D": 0.437, "1/L^2": 0.0},
              "output": {"(D/(LM))^2": 0.0265, "1/D": 0.25, "1/L^2": math.nan}}
 
 Size = PositiveInt
-
-
-class GridSpec(StrictModel):
-    """Shapes of the finite networks: every combination of ``L``, ``M``, ``D``."""
-
-    L: list[Size] = Field(min_length=1)
-    M: list[Size] = Field(min_length=1)
-    D: list[Size] = Field(min_length=1)
-
-    @field_validator("L", "M", "D")
-    @classmethod
-    def _sorted(cls, v: list[int]) -> list[int]:
-        return sorted(set(v))
-
-    def shapes(self) -> list[tuple[int, int, int]]:
-        return [(L, M, D) for L in self.L for M in self.M for D in self.D]
 
 
 class DataSpec(StrictModel):
@@ -242,7 +226,7 @@ class LinearLimit(ExperimentKind):
         emb = [_seed(spec.seed, 99, r) for r in range(R)]
         fig = spec.figure_shape
         if "finite" in spec.roles:
-            for L, M, D in spec.grid.shapes():
+            for L, M, D in (s.as_tuple() for s in spec.grid.shapes()):
                 for r in range(R):
                     config = {**self.common(spec), "role": "finite", "shape": [L, M, D], "rep": r,
                               "seed": _seed(spec.seed, 1, L, M, D, r), "embed_seed": emb[r],

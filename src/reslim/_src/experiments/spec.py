@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from ..scaling.parameterization import PRESETS, get_parameterization
+from ..scaling.shapes import Shape
 
 
 class SpecError(ValueError):
@@ -27,6 +28,22 @@ class StrictModel(BaseModel):
     """Base of every spec section: unknown keys are errors, values are not coerced silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridSpec(StrictModel):
+    """Shapes of the finite networks: every combination of ``L``, ``M``, ``D``."""
+
+    L: list[PositiveInt] = Field(min_length=1)
+    M: list[PositiveInt] = Field(min_length=1)
+    D: list[PositiveInt] = Field(min_length=1)
+
+    @field_validator("L", "M", "D")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        return sorted(set(v))
+
+    def shapes(self) -> list[Shape]:
+        return [Shape(L, M, D) for L in self.L for M in self.M for D in self.D]
 
 
 class ParamSpec(StrictModel):

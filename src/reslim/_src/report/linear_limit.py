@@ -125,7 +125,7 @@ def analyse(kind, spec, store) -> LinearLimitAnalysis:
             res.notes.append(f"{name} additive model: no fit ({err})")
 
     if "finite" in spec.roles:
-        shapes = spec.grid.shapes()
+        shapes = [s.as_tuple() for s in spec.grid.shapes()]
         agg = pd.DataFrame(shapes, columns=["L", "M", "D"])
         agg["P"] = agg["L"] * agg["M"] * agg["D"]
         mats = {m: _matrix(runs, "finite", m, shapes, R, step) for m in FINITE_METRICS}
