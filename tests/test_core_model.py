@@ -1,5 +1,8 @@
 """The finite model against theory.md §1: reference form, invariants, batching, divergence."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +252,64 @@ def test_fused_cpu_kernels_equal_the_torch_path(block, param, optimizer):
     for role, t in nets[1].role_tensors().items():
         np.testing.assert_allclose(nets[0].role_tensors()[role].detach().numpy(),
                                    t.detach().numpy(), rtol=1e-11, atol=1e-12)
+
+
+def _kernel_worst_error(N: int) -> float:
+    """Largest error of kernels.xw / kernels.xwt against torch matmul over shapes with row and
+    column tails, a broadcast x, and the aliased operands the backward pass uses (xw's left is
+    x, xwt's right is x)."""
+    from reslim._src.models import kernels
+
+    g = torch.Generator().manual_seed(N)
+    worst = 0.0
+    for B, D, M in [(1, 9, 6), (2, 67, 130), (3, 133, 259)]:
+        def rnd(*s):
+            return torch.randn(*s, generator=g, dtype=torch.float64)
+
+        W, coef = rnd(B, D, M), rnd(B)
+        x, xm, left, right = rnd(1, N, D), rnd(B, N, M), rnd(B, N, D), rnd(B, N, M)
+        out = torch.empty(B, N, M, dtype=torch.float64)
+        kernels.xw(x, W, out)  # broadcast x (batch stride 0), no update
+        worst = max(worst, (out - x @ W).abs().max().item())
+        xe = x.expand(B, N, D).contiguous()
+        for lft in (left, xe):  # xe: left is the very tensor x
+            W2 = W.clone()
+            kernels.xw(xe, W2, out, lft, right, coef)
+            worst = max(worst, (out - xe @ W).abs().max().item(),
+                        (W2 - (W + coef[:, None, None] * lft.mT @ right)).abs().max().item())
+        for rgt in (right, xm):
+            W3, o = W.clone(), rnd(B, N, D)
+            o0 = o.clone()
+            kernels.xwt(xm, W3, o, 0.7, left, rgt, coef)
+            worst = max(worst, (o - (o0 + 0.7 * xm @ W.mT)).abs().max().item(),
+                        (W3 - (W + coef[:, None, None] * left.mT @ rgt)).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize("N", [1, 4, 10, 11, 23])
+def test_fused_kernels_equal_matmul_for_every_block_size(N):
+    """Every register-block size of the native kernels (N up to 10, then chunks of 10)."""
+    from reslim._src.models import kernels
+
+    if not kernels.available():
+        pytest.skip(f"fused kernels unavailable here: {kernels._error}")
+    assert _kernel_worst_error(N) < 1e-11
+
+
+def test_portable_kernels_equal_matmul(tmp_path):
+    """The portable C loops (built with RESLIM_KERNELS=generic) pass the same check."""
+    import subprocess
+    import sys
+
+    from reslim._src.models import kernels
+
+    if not kernels.available():
+        pytest.skip(f"fused kernels unavailable here: {kernels._error}")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from reslim._src.models import kernels; "
+            "assert kernels.available(), kernels._error; "
+            "from test_core_model import _kernel_worst_error as f; print(max(f(n) for n in (1, 10, 13)))")
+    env = dict(os.environ, RESLIM_KERNELS="generic", RESLIM_CACHE=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, check=True)
+    assert float(res.stdout.strip()) < 1e-11
+    assert any("generic" in f.name for f in tmp_path.iterdir())

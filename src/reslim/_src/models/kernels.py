@@ -3,6 +3,8 @@
 Built on first use with the system C compiler (``cc -O3 -march=native -fopenmp``) into a
 per-machine cache (``$RESLIM_CACHE`` or ``~/.cache/reslim``) and loaded with ctypes; where no
 compiler works, or ``RESLIM_KERNELS=0``, :func:`available` is False and the model uses torch.
+On AVX2/FMA CPUs the register-blocked intrinsics versions run; elsewhere (or with
+``RESLIM_KERNELS=generic``) the portable C loops.
 
 ``xw(x, W, out, update)``:  out = x @ W            then  W += coef * left^T @ right
 ``xwt(x, W, out, alpha, update)``: out += alpha x @ W^T, then  W += coef * left^T @ right
@@ -47,15 +49,16 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found")
     src = _SOURCE.read_bytes()
-    tag = hashlib.sha256(src).hexdigest()[:12] + "-" + _cpu_tag()
+    generic = os.environ.get("RESLIM_KERNELS") == "generic"  # the portable C path, for testing
+    tag = hashlib.sha256(src).hexdigest()[:12] + "-" + _cpu_tag() + ("-generic" if generic else "")
     cache = Path(os.environ.get("RESLIM_CACHE", Path.home() / ".cache" / "reslim"))
     lib = cache / f"kernels-{tag}.so"
     if not lib.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / lib.name
-            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-std=c99", "-shared", "-fPIC",
-                   str(_SOURCE), "-o", str(out)]
+            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-std=c11", "-shared", "-fPIC",
+                   *(["-DRESLIM_GENERIC"] if generic else []), str(_SOURCE), "-o", str(out)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"compiling kernels failed: {res.stderr.strip()[:300]}")
