@@ -120,13 +120,14 @@ def test_builtin_specs_validate_and_match_the_paper():
 def test_run_keys_are_config_hashes_and_batches_are_equal_shapes():
     from reslim.experiments import get_experiment, plan_tasks
 
-    spec = load_spec("convergence", ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3"])
+    spec = load_spec("convergence",
+                     ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3", "reference.floor=false"])
     kind = get_experiment("convergence")
     runs = kind.expand(spec)
     assert len(runs) == 3 + 2 * 4 * 3 and len({r.key for r in runs}) == len(runs)
     assert [r.key for r in kind.expand(spec)] == [r.key for r in runs]  # deterministic
     other = kind.expand(load_spec("convergence", ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3",
-                                                  "train.lr=0.5"]))
+                                                  "reference.floor=false", "train.lr=0.5"]))
     assert not ({r.key for r in other} & {r.key for r in runs})
     tasks = plan_tasks(runs, kind.module)
     assert len(tasks) == 1 + 2 * 4  # the references, then one task per (role, shape)

@@ -144,7 +144,7 @@ def test_end_to_end_reslim_run_writes_the_report(tmp_path):
     assert "| error | against |" in md and "-0.5" in md and "figures/convergence-embedding-vs-D.png" in md
     assert (out / "figures" / "convergence-embedding-vs-P.svg").exists()
     df = load_results(out)
-    assert len(df) == 2 + 2 * 4 * 2 and (df["status"] == "done").all()
+    assert len(df) == 2 + 2 * 4 * 2 + 2 * 2 and (df["status"] == "done").all()  # + twins (floor)
     assert set(df["config.shape"].map(tuple)) >= {(10, 2, 2), (10, 8, 8), (10, 32, 8)}
     emb = df[df["config.role"] == "embedding"]
     assert np.isfinite(emb["metrics.embedding_error_final"].astype(float)).all()
@@ -155,7 +155,7 @@ def test_end_to_end_reslim_run_writes_the_report(tmp_path):
     listing = CliRunner().invoke(app, ["runs", str(out)])
     assert listing.exit_code == 0 and "embedding (L=10, M=8, D=8)" in listing.output
     rerun = run_sweep(load_spec("convergence", [a for a in args[5:] if a != "--set"]), out, progress=False)
-    assert rerun.skipped == 18 and sum(rerun.counts.values()) == 0
+    assert rerun.skipped == 22 and sum(rerun.counts.values()) == 0
 
 
 @pytest.mark.parametrize("jobs", [2])
@@ -169,3 +169,38 @@ def test_process_pool_gives_the_same_results(tmp_path, jobs):
     assert list(a.index) == list(b.index)
     assert np.allclose(a["metrics.embedding_error_final"].astype(float),
                        b["metrics.embedding_error_final"].astype(float), rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_reference_floor_twins_add_runs_change_no_key_and_enter_the_fits(tmp_path):
+    """``reference.floor = true`` adds one twin of the reference per repetition and role (fresh
+    U, V; coupled W_e, W_u only for the embedding twin), recomputes nothing already stored, and
+    the analysis reports the floor and the floor-corrected term fits."""
+    from reslim.experiments import get_experiment
+
+    sets = ["grid.M=[2,8,32]", "grid.D=[2,4,8]", "repetitions=2", "reference.shape=[10,32,8]",
+            "train.steps=3", "analysis.n_boot=20"]
+    base = load_spec("convergence", [*sets, "reference.floor=false"])
+    twin = load_spec("convergence", [*sets, "reference.floor=true"])
+    kind = get_experiment("convergence")
+    a, b = kind.expand(base), kind.expand(twin)
+    old = {r.key for r in a}
+    assert old < {r.key for r in b}
+    extra = [r for r in b if r.key not in old]
+    assert sorted(r.config["role"] for r in extra) == ["embedding-twin"] * 2 + ["output-twin"] * 2
+    refs = {r.config["rep"]: r.config for r in a if r.config["role"] == "reference"}
+    for r in extra:
+        c, ref = r.config, refs[r.config["rep"]]
+        assert c["shape"] == ref["shape"] and c["seed"] != ref["seed"]
+        assert c["embed_seed"] == (ref["embed_seed"] if c["role"] == "embedding-twin" else None)
+
+    out = tmp_path / "out"
+    assert run_sweep(base, out, progress=False).counts["done"] == len(a)
+    again = run_sweep(twin, out, progress=False)
+    assert again.skipped == len(a) and again.counts["done"] == 4
+    res = CliRunner().invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    df = load_results(out)
+    tw = df[df["config.role"] == "embedding-twin"]
+    phi = float(np.mean([e[-1] ** 2 / 2 for e in tw["metrics.embedding_error"]]))
+    md = (out / "report.md").read_text()
+    assert f"err^2 = {phi:.4g}" in md and "term: err^2 - floor = C^2 D^2p + linear" in md

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reslim.measure import fit_additive, fit_power_law
+from reslim.measure import fit_additive, fit_power_law, fit_power_term
 
 X = np.array([1.0, 2, 4, 8, 16, 32, 64, 128, 256])
 
@@ -139,3 +139,39 @@ def test_additive_nan_handling_and_bad_input():
         fit_additive(_L, _M, -_D, truth)
     # scalars broadcast (L held fixed)
     assert fit_additive(50, _M, _D, truth, kind="output", n_boot=0).n_points == truth.size
+
+
+_GRID = np.array([1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 642, 937, 1369, 2000.0])
+
+
+def test_power_term_recovers_the_exponent_under_a_floor_and_a_background():
+    """err^2 = floor_r + 6.25/D + 0.64 D/(50*2000) (theory.md §3.1 at M = 2000, plus a finite
+    reference's error): the log-log slope is far from -1/2, the term fit is not."""
+    rng = np.random.default_rng(3)
+    R = 5
+    floor = 0.0134 * rng.chisquare(40, R) / 40  # per repetition, as a twin would measure it
+    clean = 6.25 / _GRID + 0.64 * _GRID / 1e5
+    err = np.sqrt(clean[:, None] * rng.chisquare(40, (_GRID.size, R)) / 40 + floor)
+    assert abs(fit_power_law(_GRID, err, n_boot=0).exponent + 0.5) > 0.1
+    f = fit_power_term(_GRID, err, floor=floor, background=("linear",), n_boot=100)
+    assert f.exponent == pytest.approx(-0.5, abs=0.03)
+    assert f.exponent_ci[0] < -0.5 < f.exponent_ci[1]
+    assert f.constant == pytest.approx(2.5, rel=0.1)
+    assert f.background["linear"] == pytest.approx(0.64 / 1e5, rel=0.3)
+    assert f.floor == pytest.approx(floor.mean())
+    np.testing.assert_allclose(f.model(_GRID), np.sqrt(f.predict(_GRID) ** 2 + f.floor
+                                                       + f.background["linear"] * _GRID))
+
+
+def test_power_term_exact_data_and_bad_input():
+    err = np.sqrt(0.01 + 4.0 * _GRID**-2.0 + 3e-3)  # floor 0.01, constant background 3e-3
+    f = fit_power_term(_GRID, err, floor=0.01, background=("constant",), n_boot=0)
+    assert f.exponent == pytest.approx(-1.0, abs=1e-4)
+    assert f.constant == pytest.approx(2.0, rel=1e-3)
+    assert f.background["constant"] == pytest.approx(3e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="background"):
+        fit_power_term(_GRID, err, background=("cubic",))
+    with pytest.raises(ValueError, match="floor"):
+        fit_power_term(_GRID, err, floor=-1.0)
+    with pytest.raises(ValueError, match="err"):  # the floor swallows every point
+        fit_power_term(_GRID, err, floor=10.0)

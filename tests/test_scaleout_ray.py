@@ -69,7 +69,7 @@ def test_convergence_sweep_identical_under_local_and_ray(tmp_path, ray_address):
         torch.set_num_threads(threads)
     with make_executor("ray") as ex:
         summary = run_sweep(spec, tmp_path / "ray", executor=ex, progress=False)
-    assert summary.counts["failed"] == 0 and summary.total == 2 + 2 * 4 * 2
+    assert summary.counts["failed"] == 0 and summary.total == 2 + 2 * 4 * 2 + 2 * 2  # + twins
     a_recs, a_arr = _snapshot(tmp_path / "local")
     b_recs, b_arr = _snapshot(tmp_path / "ray")
     assert set(a_recs) == set(b_recs) and len(a_recs) == summary.total

@@ -27,6 +27,7 @@ from .registry import ExperimentKind, Run, RunResult, register_experiment, run_k
 from .spec import GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES = ("embedding", "output")
+TWINS = {"embedding": "embedding-twin", "output": "output-twin"}  # the reference's twins (floor)
 PUBLISHED = {  # theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
     "embedding": {"b": 0.8, "c": 2.5, "P": 2.0, "P_exponent": -1 / 6},
     "output": {"b": 0.15, "c": 0.9, "P": 0.7, "P_exponent": -1 / 5},
@@ -73,10 +74,18 @@ class TrainSpec(StrictModel):
 
 
 class NetworkReference(StrictModel):
-    """A large finite network of ``shape`` (its ``D`` must cover the grid's)."""
+    """A large finite network of ``shape`` (its ``D`` must cover the grid's).
+
+    ``floor = true`` also trains, per repetition and run role, an independent *twin* of the
+    reference (fresh ``U``, ``V``; the same coupled ``W_e``, ``W_u`` for the embedding run, fresh
+    ones for the output run). Half the twin's squared error against the reference measures the
+    reference's own error ``phi`` (its hidden-width fluctuation, plus for the output run its
+    large-D one), which adds to every shape's ``err^2``; the analysis then also fits
+    floor-corrected exponents (:func:`reslim.measure.fit_power_term`)."""
 
     kind: Literal["network"] = "network"
     shape: tuple[Size, Size, Size]
+    floor: bool = False
 
 
 class LimitReference(StrictModel):
@@ -103,6 +112,7 @@ Reference = Annotated[NetworkReference | LimitReference, Field(discriminator="ki
 class AnalysisSpec(StrictModel):
     step: int = Field(-1, description="step k of the fits (-1: the last)")
     n_boot: int = Field(1000, ge=0)
+    min_size: PositiveInt = Field(1, description="smallest value of the axis in the L, M, D fits")
 
 
 class ConvergenceSpec(SpecBase):
@@ -140,7 +150,7 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
-_ROLE_ID = {"reference": 0, "embedding": 1, "output": 2}
+_ROLE_ID = {"reference": 0, "embedding": 1, "output": 2, "embedding-twin": 3, "output-twin": 4}
 
 
 class Convergence(ExperimentKind):
@@ -157,7 +167,8 @@ class Convergence(ExperimentKind):
                 "dtype": spec.dtype}
 
     def reference_runs(self, spec: ConvergenceSpec) -> list[Run]:
-        ref = spec.reference.model_dump(mode="json")
+        # ``floor`` adds runs but changes none: it stays out of the configs (and their keys)
+        ref = spec.reference.model_dump(mode="json", exclude={"floor"})
         runs = []
         for rep in range(spec.repetitions):
             config = {**self.common(spec), "role": "reference", "reference": ref, "rep": rep,
@@ -172,13 +183,17 @@ class Convergence(ExperimentKind):
         refs = self.reference_runs(spec)
         ref_keys = [r.key for r in refs]
         runs = list(refs)
+        floor = isinstance(spec.reference, NetworkReference) and spec.reference.floor
         for role in spec.runs:
-            for shape in spec.grid.shapes():
-                L, M, D = shape.as_tuple()
+            shapes = [s.as_tuple() for s in spec.grid.shapes()]
+            todo = [(role, shape) for shape in shapes]
+            if floor:
+                todo.append((TWINS[role], tuple(spec.reference.shape)))
+            for r, (L, M, D) in todo:
                 for rep in range(spec.repetitions):
                     coupled = role == "embedding"
-                    config = {**self.common(spec), "role": role, "shape": [L, M, D], "rep": rep,
-                              "seed": _seed(spec.seed, _ROLE_ID[role], L, M, D, rep),
+                    config = {**self.common(spec), "role": r, "shape": [L, M, D], "rep": rep,
+                              "seed": _seed(spec.seed, _ROLE_ID[r], L, M, D, rep),
                               "embed_seed": _seed(spec.seed, 99, rep) if coupled else None,
                               "embed_dim_max": spec.embed_dim_max if coupled else None,
                               "reference_key": ref_keys[rep], "store_h_last": spec.store_h_last}
@@ -275,7 +290,7 @@ class Convergence(ExperimentKind):
         out = output_error(t, r, per_repetition=True)[:, 0]
         result.metrics["output_error"] = _jsonable(out)
         result.metrics["output_error_final"] = _jsonable(out[-1])
-        if c["role"] == "embedding":
+        if c["role"] in ("embedding", TWINS["embedding"]):
             emb = embedding_error(t, r, per_repetition=True)[:, 0]
             result.metrics["embedding_error"] = _jsonable(emb)
             result.metrics["embedding_error_final"] = _jsonable(emb[-1])

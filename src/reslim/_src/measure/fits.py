@@ -13,12 +13,13 @@ are left out of the fit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["ADDITIVE_TERMS", "AdditiveFit", "PowerLawFit", "fit_additive", "fit_power_law"]
+__all__ = ["ADDITIVE_TERMS", "BACKGROUNDS", "AdditiveFit", "PowerLawFit", "fit_additive", "fit_power_law",
+           "fit_power_term"]
 
 
 # ---------------------------------------------------------------------------- input handling
@@ -104,10 +105,20 @@ class PowerLawFit:
     method: str = "bootstrap"
     n_reps: int = 1
     log_residual_rms: float = math.nan
+    background: dict[str, float] = field(default_factory=dict)  # fit_power_term: name -> theta
+    floor: float = 0.0  # fit_power_term: the err^2 subtracted before fitting
 
     def predict(self, x: object) -> np.ndarray:
-        """``constant * x ** exponent``."""
+        """``constant * x ** exponent`` (for :func:`fit_power_term`: the power term alone)."""
         return self.constant * np.asarray(x, dtype=np.float64) ** self.exponent
+
+    def model(self, x: object) -> np.ndarray:
+        """The whole fitted error ``sqrt(floor + C^2 x^(2p) + sum_k theta_k g_k(x))``."""
+        xa = np.asarray(x, dtype=np.float64)
+        e2 = self.predict(xa) ** 2 + self.floor
+        for name, th in self.background.items():
+            e2 = e2 + th * BACKGROUNDS[name](xa)
+        return np.sqrt(e2)
 
 
 def _masked_loglog(lx: np.ndarray, ly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +190,96 @@ def fit_power_law(
     return PowerLawFit(
         exponent=slope, constant=math.exp(icpt), exponent_ci=p_ci, constant_ci=c_ci,  # type: ignore[arg-type]
         n_points=n_pts, ci=float(ci), method=method, n_reps=n_reps, log_residual_rms=res_rms,
+    )
+
+
+# ---------------------------------------------------------------------------- one term of several
+#: background terms ``g(x)`` of :func:`fit_power_term` (their coefficients are fitted, >= 0)
+BACKGROUNDS = {"constant": np.ones_like, "linear": lambda x: np.asarray(x, dtype=np.float64),
+               "quadratic": lambda x: np.asarray(x, dtype=np.float64) ** 2}
+
+
+def _floored(e2: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Aggregate ``mean_r (e2[:, r] - floor[r])`` over the repetitions present (NaN if none)."""
+    ok = np.isfinite(e2) & np.isfinite(floor)
+    cnt = ok.sum(axis=-1)
+    tot = np.where(ok, e2 - floor, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+
+
+def _term_fit(x: np.ndarray, y: np.ndarray, bg: tuple[str, ...], bounds: tuple[float, float]):
+    """``y = C^2 x^(2p) + sum_k th_k g_k(x)``: ``p`` by a bounded profile search, ``C^2, th >= 0``
+    by quasi-likelihood NNLS at each ``p``. Returns ``(p, C^2, th, rms log residual)``."""
+    def feats(p):
+        return np.stack([x ** (2 * p)] + [BACKGROUNDS[b](x) for b in bg], axis=-1)
+
+    p = float(optimize.minimize_scalar(lambda q: _fit_nonneg(feats(q), y)[1], bounds=bounds,
+                                       method="bounded", options={"xatol": 1e-5}).x)
+    th, res = _fit_nonneg(feats(p), y)
+    return p, float(th[0]), th[1:], res
+
+
+def fit_power_term(
+    x: object,
+    err: object,
+    floor: object = 0.0,
+    background: tuple[str, ...] | list[str] = ("constant",),
+    bounds: tuple[float, float] = (-2.0, 0.0),
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> PowerLawFit:
+    """The exponent of one term of an error that has others: fit
+    ``err^2 - floor = C^2 x^(2p) + sum_k theta_k g_k(x)`` with ``C, theta >= 0``.
+
+    Where the theory says ``err^2`` is a sum of terms (theory.md §2.3), a plain log-log slope
+    mixes them; this fits the exponent ``p`` of the term of interest with the others as
+    non-negative ``background`` terms (:data:`BACKGROUNDS`: ``"constant"``, ``"linear"``,
+    ``"quadratic"`` in ``x``) and a known ``floor`` removed first: a scalar, or per repetition
+    ``(R,)`` (e.g. the error of a finite reference, measured by an independent twin of it),
+    subtracted from each repetition's ``err^2`` so that the bootstrap resamples it with the rest.
+
+    ``x (n,)`` positive; ``err (n,)`` or ``(n, R)`` per-repetition RMS errors. ``p`` is searched
+    in ``bounds``; CIs by the bootstrap over repetitions (``R >= 2``), else none.
+    """
+    n_boot = _check_boot(n_boot, ci)
+    bg = tuple(background)
+    for b in bg:
+        if b not in BACKGROUNDS:
+            raise ValueError(f"background: unknown term {b!r}; choose from {', '.join(BACKGROUNDS)}")
+    xa = _as_positive(x, "x")
+    e = _as_err(err, xa.shape[0])
+    n_reps = int(e.shape[1])
+    fl = np.broadcast_to(np.asarray(floor, dtype=np.float64), (n_reps,))
+    if not np.all(np.isfinite(fl) & (fl >= 0)):
+        raise ValueError("floor: must be finite and non-negative")
+    e2 = e * e
+    y = _floored(e2, fl)
+    use = np.isfinite(y) & (y > 0)
+    if np.unique(xa[use]).size < 2 + len(bg):
+        raise ValueError(f"err: need positive floor-corrected errors at {2 + len(bg)} or more distinct x")
+    p, c2, th, res = _term_fit(xa[use], y[use], bg, bounds)
+    p_ci = c_ci = (math.nan, math.nan)
+    method = "none"
+    if n_reps >= 2 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        ps, cs = [], []
+        for _ in range(n_boot):
+            idx = rng.integers(0, n_reps, size=n_reps)
+            yb = _floored(e2[:, idx], fl[idx])
+            u = np.isfinite(yb) & (yb > 0)
+            if np.unique(xa[u]).size >= 2 + len(bg):
+                pb, cb, _, _ = _term_fit(xa[u], yb[u], bg, bounds)
+                ps.append(pb)
+                cs.append(math.sqrt(cb))
+        p_ci = _percentile_ci(np.array(ps), ci, p, n_reps)
+        c_ci = _percentile_ci(np.array(cs), ci, math.sqrt(c2), n_reps)
+        method = "bootstrap over repetitions"
+    return PowerLawFit(
+        exponent=p, constant=math.sqrt(c2), exponent_ci=p_ci, constant_ci=c_ci, n_points=int(use.sum()),
+        ci=float(ci), method=method, n_reps=n_reps, log_residual_rms=res,
+        background={b: float(t) for b, t in zip(bg, th, strict=True)}, floor=float(np.mean(fl)),
     )
 
 

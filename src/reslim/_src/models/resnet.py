@@ -20,6 +20,7 @@ gradients.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,9 @@ from . import kernels
 from .activations import get_activation
 
 BLOCKS = ("two-layer", "one-layer")
-KERNEL_MIN_ELEMENTS = 500 * 500  # below this (e.g. 301 x 301, measured) MKL on cached weights wins
+#: kernels from this many block-weight elements per layer (networks x rows x cols); measured:
+#: 5 x 96 x 96 and 1 x 206 x 206 run faster with them, 5 x 45 x 45 and 1 x 96 x 96 with torch
+KERNEL_MIN_ELEMENTS = 40_000
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -123,16 +126,29 @@ class ResNet(nn.Module):
             if d_max < D:
                 raise ValueError(f"embed_dim_max ({d_max}) must be >= D ({D})")
         # Block weights are drawn straight into their stacked (L, B, D, cols) home, one
-        # network at a time, so a large network costs one float64 draw and no extra copies.
-        for role in self.block_roles:
-            cols = M if role in ("U", "V") else D
-            stacked = torch.empty(L, B, D, cols, dtype=torch.float64)
-            for b, seed in enumerate(self.seeds):
-                gen = torch.Generator().manual_seed(derive_seed(seed, _STREAM[role]))
-                if B == 1:
-                    torch.randn(L, 1, D, cols, generator=gen, dtype=torch.float64, out=stacked)
-                else:
-                    stacked[:, b] = torch.randn(L, D, cols, generator=gen, dtype=torch.float64)
+        # (role, network) stream at a time, so a large network costs one float64 draw and no
+        # extra copies; the streams are independent, so they are drawn in parallel threads
+        # (torch releases the GIL): the same numbers, in about 1/threads of the time.
+        stacks = {role: torch.empty(L, B, D, M if role in ("U", "V") else D, dtype=torch.float64)
+                  for role in self.block_roles}
+
+        def draw(role: str, b: int) -> None:
+            gen = torch.Generator().manual_seed(derive_seed(self.seeds[b], _STREAM[role]))
+            if B == 1:
+                torch.randn(stacks[role].shape, generator=gen, dtype=torch.float64, out=stacks[role])
+            else:
+                stacks[role][:, b] = torch.randn(L, D, stacks[role].shape[-1], generator=gen,
+                                                 dtype=torch.float64)
+
+        jobs = [(role, b) for role in self.block_roles for b in range(B)]
+        workers = min(torch.get_num_threads(), len(jobs)) if L * B * D * M >= 1 << 20 else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda job: draw(*job), jobs))
+        else:
+            for job in jobs:
+                draw(*job)
+        for role, stacked in stacks.items():
             self.register_parameter(role, self._home(stacked, role, True, device))
         W_e, W_u = [], []
         for b, seed in enumerate(self.seeds):
@@ -193,7 +209,7 @@ class ResNet(nn.Module):
         if self.use_kernels is False:
             return False
         cols = self.shape.M if self.block == "two-layer" else self.shape.D
-        big = self.shape.D * cols >= KERNEL_MIN_ELEMENTS or self.use_kernels is True
+        big = self.batch_size * self.shape.D * cols >= KERNEL_MIN_ELEMENTS or self.use_kernels is True
         return big and kernels.usable(self.W_e, n=n_samples)
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:

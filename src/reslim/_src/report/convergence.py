@@ -13,6 +13,12 @@ from . import figures
 from .report import Section
 
 AXES = ("L", "M", "D")
+#: the other terms of err^2 along an axis, the rest held fixed (theory.md §2.3): the background of
+#: the floor-corrected fit of that axis's own term (``reslim.measure.fit_power_term``)
+TERM_BACKGROUND = {
+    "embedding": {"M": ("constant",), "D": ("linear",)},  # b^2 D/(LM) is linear in D
+    "output": {"M": ("constant",), "D": ("quadratic",)},  # b^2 (D/(LM))^2 is quadratic in D
+}
 
 
 @dataclass
@@ -24,6 +30,7 @@ class ConvergenceAnalysis:
     additive: dict[str, Any] = field(default_factory=dict)  # role -> AdditiveFit
     power: dict[tuple[str, str], Any] = field(default_factory=dict)  # (role, axis) -> PowerLawFit
     frontier: dict[str, pd.DataFrame] = field(default_factory=dict)
+    floor: dict[str, np.ndarray] = field(default_factory=dict)  # role -> (R,) reference's err^2
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -82,10 +89,14 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
     aggs, fit_rows = [], []
     Lmax, Mmax, Dmax = max(spec.grid.L), max(spec.grid.M), max(spec.grid.D)
     metric = {"embedding": "embedding_error", "output": "output_error"}
-    from ..experiments.convergence import PUBLISHED, THEORY_EXPONENTS
+    from ..experiments.convergence import PUBLISHED, THEORY_EXPONENTS, TWINS
 
     for role in spec.runs:
         m = _matrix(runs, role, metric[role], reps, shapes, step)
+        if getattr(spec.reference, "floor", False):
+            twin = _matrix(runs, TWINS[role], metric[role], reps, [tuple(spec.reference.shape)], step)[0]
+            if np.isfinite(twin).any():
+                res.floor[role] = twin**2 / 2  # E|twin - ref|^2 = 2 phi: independent, equal laws
         sub = runs[runs["role"] == role]
         agg = pd.DataFrame(shapes, columns=list(AXES))
         agg["P"] = agg["L"] * agg["M"] * agg["D"]
@@ -97,7 +108,7 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
         aggs.append(agg)
 
         def fit(axis: str, fixed: dict[str, int], role=role, m=m, agg=agg):
-            mask = np.ones(len(shapes), bool)
+            mask = agg[axis].to_numpy() >= spec.analysis.min_size
             for k, v in fixed.items():
                 mask &= agg[k].to_numpy() == v
             x = agg.loc[mask, axis].to_numpy()
@@ -111,6 +122,19 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
             res.power[(role, axis)] = f
             held = ", ".join(f"{k}={v}" for k, v in fixed.items())
             fit_rows.append(_fit_row(role, axis, held, f, THEORY_EXPONENTS[role][axis]))
+            phi = res.floor.get(role)
+            if phi is None or axis not in TERM_BACKGROUND[role]:
+                return
+            bg = TERM_BACKGROUND[role][axis]
+            try:
+                t = measure.fit_power_term(x, m[mask], floor=phi, background=bg,
+                                           n_boot=min(spec.analysis.n_boot, 200), seed=spec.seed)
+            except ValueError as err:
+                res.notes.append(f"{role} error vs {axis}, floor-corrected: no fit ({err})")
+                return
+            res.power[(role, axis + "|floor")] = t
+            fit_rows.append(_fit_row(role, axis, held, t, THEORY_EXPONENTS[role][axis],
+                                     fit=f"term: err^2 - floor = C^2 {axis}^2p + {' + '.join(bg)}"))
 
         fit("M", {"L": Lmax, "D": Dmax})
         fit("D", {"L": Lmax, "M": Mmax})
@@ -146,20 +170,36 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
     return res
 
 
-def _fit_row(role, axis, held, f, theory, published=None) -> dict[str, Any]:
+def _fit_row(role, axis, held, f, theory, published=None, fit="log-log") -> dict[str, Any]:
     lo, hi = f.exponent_ci
-    return {"error": role, "against": axis, "held at": held, "exponent": f.exponent,
+    return {"error": role, "against": axis, "held at": held, "fit": fit, "exponent": f.exponent,
             "CI low": lo, "CI high": hi, "theory": theory, "constant": f.constant,
             "published constant": published if published is not None else math.nan,
             "points": f.n_points}
 
 
+def _floor_text(res: ConvergenceAnalysis) -> list[str]:
+    if not res.floor:
+        return []
+    vals = ", ".join(f"{role}: err^2 = {np.nanmean(phi):.4g} (RMS {math.sqrt(np.nanmean(phi)):.3g})"
+                     for role, phi in res.floor.items())
+    return ["The finite reference has an error of its own; an independent twin of it (fresh U, V) "
+            f"measures it as half their squared difference ({vals}). It adds to every shape's "
+            "err^2, so log-log slopes flatten where the error nears it. The 'term' rows subtract it "
+            "per repetition and fit the exponent of the axis's own term with the theory's other "
+            "terms along that axis as non-negative background (reslim.measure.fit_power_term)."]
+
+
 def summary_lines(res: ConvergenceAnalysis) -> list[str]:
     lines = [f"fitted exponents at step k={res.step} (theory in brackets):"]
     for r in res.fits.to_dict("records"):
-        lines.append(f"  {r['error']:>9} error vs {r['against']} ({r['held at']}): "
+        how = "" if r["fit"] == "log-log" else ", floor-corrected term"
+        lines.append(f"  {r['error']:>9} error vs {r['against']} ({r['held at']}{how}): "
                      f"{r['exponent']:+.3f} [{r['CI low']:+.3f}, {r['CI high']:+.3f}]"
                      f"  (theory {r['theory']:+.3f})")
+    for role, phi in res.floor.items():
+        lines.append(f"  {role} reference floor (twin): err^2 = {np.nanmean(phi):.4g} "
+                     f"(RMS {math.sqrt(np.nanmean(phi)):.3g})")
     for role, f in res.additive.items():
         c = f.coefficients
         lines.append(f"  {role} model err^2 = {' + '.join(f.terms)}: a={c['a']:.3g} b={c['b']:.3g} "
@@ -181,7 +221,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
         "in log-log with 95% bootstrap intervals over repetitions; the P fit uses the best shape "
         "at each P. Theory (theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "
         "P^(-1/6) at the compute-optimal shape; output error 1/L + D/(LM) + 1/sqrt(D), P^(-1/5).",
-        *res.notes])
+        *_floor_text(res), *res.notes])
     if len(res.fits):
         fit_sec.tables.append(("Power-law fits beside the theory's exponents", res.fits))
     rows = []

@@ -1,0 +1,66 @@
+"""Benchmark: where the fused CPU kernels (kernels.c) beat torch's batched GEMMs.
+
+One GD step of the reference (MLU, tanh) model, float64, N = 10, at L = 50 for a range of
+(B networks, M, D), timed with the kernels and with plain torch side by side in this one run.
+Prints ``name: value`` lines ``torch_over_kernels_B{B}_M{M}_D{D}`` (> 1: the kernels are faster);
+``reslim.models`` uses the kernels from ``KERNEL_MIN_ELEMENTS`` block-weight elements per layer
+(``B * D * cols``).
+
+Usage: ``python bench/kernel_crossover.py [--repeats 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from reslim import ResNet, Shape, gaussian_data
+from reslim._src.models.resnet import KERNEL_MIN_ELEMENTS
+from reslim._src.training.trainer import _SGDUpdate, loss_and_grad
+
+SHAPES = [(14, 14), (45, 45), (96, 96), (206, 206), (301, 301), (439, 439), (2000, 45), (45, 2000)]
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def step_time(B: int, M: int, D: int, use_kernels: bool, repeats: int) -> float:
+    data = gaussian_data(10, 5, 5, seed=0)
+    X, Y = torch.as_tensor(data.X), torch.as_tensor(data.Y)
+    net = ResNet(Shape(50, M, D), param="mlu", d_in=5, d_out=5, seeds=list(range(B)))
+    net.use_kernels = use_kernels
+    update = _SGDUpdate(net, {"U": 1e-12, "V": 1e-12})
+
+    def step():
+        cache = net.forward_cached(X)
+        _, dy = loss_and_grad(cache.y, Y, "mean")
+        net.backward_update(X, cache, dy, update)
+
+    return best_time(step, repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    print(f"kernel_min_elements: {KERNEL_MIN_ELEMENTS}")
+    for B in (1, 5):
+        for M, D in SHAPES:
+            k = step_time(B, M, D, True, args.repeats)
+            t = step_time(B, M, D, False, args.repeats)
+            chosen = "kernels" if B * D * M >= KERNEL_MIN_ELEMENTS else "torch"
+            print(f"torch_over_kernels_B{B}_M{M}_D{D}: {t / k:.2f}  (kernels {k * 1e3:.2f} ms, "
+                  f"torch {t * 1e3:.2f} ms; default: {chosen})")
+
+
+if __name__ == "__main__":
+    main()
