@@ -40,9 +40,16 @@ def canonical_json(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+#: version of what a config does not say but a run's numbers depend on (the weights' random
+#: generator): part of every key, so results of another version are never mixed in a store.
+#: 2: block weights drawn as float32 normals (1: float64).
+KEY_VERSION = 2
+
+
 def run_key(config: dict[str, Any]) -> str:
-    """Hash of the full run config: equal configs, equal keys (20 hex digits of SHA-256)."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:20]
+    """Hash of the full run config and :data:`KEY_VERSION`: equal configs, equal keys (20 hex
+    digits of SHA-256)."""
+    return hashlib.sha256(f"{KEY_VERSION}:{canonical_json(config)}".encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
