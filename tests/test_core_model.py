@@ -274,14 +274,14 @@ def _kernel_worst_error(N: int) -> float:
         xe = x.expand(B, N, D).contiguous()
         for lft in (left, xe):  # xe: left is the very tensor x
             W2 = W.clone()
-            kernels.xw(xe, W2, out, lft, right, coef)
-            worst = max(worst, (out - xe @ W).abs().max().item(),
+            kernels.xw(xe, W2, out, 1.3, left=lft, right=right, coef=coef)
+            worst = max(worst, (out - 1.3 * xe @ W).abs().max().item(),
                         (W2 - (W + coef[:, None, None] * lft.mT @ right)).abs().max().item())
-        for rgt in (right, xm):
+        for rgt, base in ((right, None), (xm, rnd(B, N, D))):  # accumulate into out, or out = base + ..
             W3, o = W.clone(), rnd(B, N, D)
-            o0 = o.clone()
-            kernels.xwt(xm, W3, o, 0.7, left, rgt, coef)
-            worst = max(worst, (o - (o0 + 0.7 * xm @ W.mT)).abs().max().item(),
+            start = o.clone() if base is None else base
+            kernels.xwt(xm, W3, o, 0.7, left=left, right=rgt, coef=coef, base=base)
+            worst = max(worst, (o - (start + 0.7 * xm @ W.mT)).abs().max().item(),
                         (W3 - (W + coef[:, None, None] * left.mT @ rgt)).abs().max().item())
     return worst
 

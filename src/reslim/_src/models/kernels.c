@@ -15,11 +15,11 @@
 #define BM 64   /* columns of W per task in the axpy-form kernels */
 #define NMAX 64 /* most samples per call (the caller falls back above) */
 
-/* out[b] (N, M) = x[b] (N, D) @ W[b] (D, M);
+/* out[b] (N, M) = alpha * x[b] (N, D) @ W[b] (D, M);
  * if coef != 0 also W[b] += coef[b] * left[b]^T (D, N) @ right[b] (N, M), after reading W. */
 __attribute__((unused)) static void xw_generic(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                    double *W, int64_t ws, double *out, int64_t os, const double *left, int64_t ls,
-                    const double *right, int64_t rs, const double *coef, int nt) {
+                    double *W, int64_t ws, double *out, int64_t os, double alpha, const double *left,
+                    int64_t ls, const double *right, int64_t rs, const double *coef, int nt) {
     const int64_t nblk = (M + BM - 1) / BM;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < B * nblk; ++t) {
@@ -55,16 +55,17 @@ __attribute__((unused)) static void xw_generic(int64_t B, int64_t N, int64_t D, 
             }
         }
         double *ob = out + b * os;
-        for (int64_t n = 0; n < N; ++n) memcpy(ob + n * M + lo, acc[n], sizeof(double) * w);
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t m = 0; m < w; ++m) ob[n * M + lo + m] = alpha * acc[n][m];
     }
 }
 
-/* out[b] (N, D) += alpha * x[b] (N, M) @ W[b]^T (W: (D, M));
+/* out[b] (N, D) = base[b] + alpha * x[b] (N, M) @ W[b]^T (W: (D, M)); base may be out;
  * if coef != 0 also W[b] += coef[b] * left[b]^T (D, N) @ right[b] (N, M), after reading W. */
 __attribute__((unused)) static void xwt_generic(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                     double *W, int64_t ws, double *out, int64_t os, double alpha,
-                     const double *left, int64_t ls, const double *right, int64_t rs,
-                     const double *coef, int nt) {
+                     double *W, int64_t ws, double *out, int64_t os, const double *base, int64_t bs,
+                     double alpha, const double *left, int64_t ls, const double *right,
+                     int64_t rs, const double *coef, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < B * D; ++t) {
         const int64_t b = t / D, d = t % D;
@@ -75,7 +76,7 @@ __attribute__((unused)) static void xwt_generic(int64_t B, int64_t N, int64_t D,
             double s = 0.0;
 #pragma omp simd reduction(+ : s)
             for (int64_t m = 0; m < M; ++m) s += xn[m] * row[m];
-            out[b * os + n * D + d] += alpha * s;
+            out[b * os + n * D + d] = base[b * bs + n * D + d] + alpha * s;
         }
         if (coef != 0) {
             const double cb = coef[b];
@@ -196,8 +197,8 @@ static inline __attribute__((always_inline)) void xw_rows(const int upd, int64_t
 }
 
 static void xw_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                    double *W, int64_t ws, double *out, int64_t os, const double *left, int64_t ls,
-                    const double *right, int64_t rs, const double *coef, int nt) {
+                    double *W, int64_t ws, double *out, int64_t os, double alpha, const double *left,
+                    int64_t ls, const double *right, int64_t rs, const double *coef, int nt) {
     /* Each task owns a contiguous range of columns of one network (a multiple of 4 wide). */
     const int64_t parts = nt > 1 ? nt : 1;
     int64_t span = (M + parts - 1) / parts;
@@ -237,7 +238,7 @@ static void xw_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x,
             const int64_t c0 = lo + c * XW_CB;
             const int64_t w = (hi - c0 < XW_CB) ? hi - c0 : XW_CB;
             for (int64_t n = 0; n < N; ++n)
-                memcpy(ob + n * M + c0, acc + (c * N + n) * XW_CB, sizeof(double) * w);
+                for (int64_t m = 0; m < w; ++m) ob[n * M + c0 + m] = alpha * acc[(c * N + n) * XW_CB + m];
         }
         free(acc);
         free(r);
@@ -325,9 +326,9 @@ static void xwt_update_any(int nb, int64_t M, const double *r, const double *cl,
 }
 
 static void xwt_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                     double *W, int64_t ws, double *out, int64_t os, double alpha,
-                     const double *left, int64_t ls, const double *right, int64_t rs,
-                     const double *coef, int nt) {
+                     double *W, int64_t ws, double *out, int64_t os, const double *base, int64_t bs,
+                     double alpha, const double *left, int64_t ls, const double *right,
+                     int64_t rs, const double *coef, int nt) {
     const int64_t nblk = (D + XWT_RB - 1) / XWT_RB;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < B * nblk; ++t) {
@@ -335,6 +336,7 @@ static void xwt_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x
         const int64_t r1 = (r0 + XWT_RB < D) ? r0 + XWT_RB : D;
         const double *xb = x + b * xs;
         double *Wb = W + b * ws, *ob = out + b * os;
+        const double *bb = base + b * bs;
         double vacc[XWT_RB * NMAX * 4] __attribute__((aligned(64))), cl[NMAX];
         memset(vacc, 0, sizeof(double) * (r1 - r0) * N * 4);
         for (int64_t c0 = 0; c0 < M; c0 += XWT_MC) {
@@ -362,7 +364,7 @@ static void xwt_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x
         for (int64_t d = r0; d < r1; ++d)
             for (int64_t n = 0; n < N; ++n) {
                 const double *v = vacc + ((d - r0) * N + n) * 4;
-                ob[n * D + d] += alpha * ((v[0] + v[1]) + (v[2] + v[3]));
+                ob[n * D + d] = bb[n * D + d] + alpha * ((v[0] + v[1]) + (v[2] + v[3]));
             }
     }
 }
@@ -375,13 +377,14 @@ static void xwt_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x
 int reslim_nmax(void) { return NMAX; }
 
 void reslim_xw(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs, double *W,
-               int64_t ws, double *out, int64_t os, const double *left, int64_t ls,
+               int64_t ws, double *out, int64_t os, double alpha, const double *left, int64_t ls,
                const double *right, int64_t rs, const double *coef, int nt) {
-    xw_impl(B, N, D, M, x, xs, W, ws, out, os, left, ls, right, rs, coef, nt);
+    xw_impl(B, N, D, M, x, xs, W, ws, out, os, alpha, left, ls, right, rs, coef, nt);
 }
 
 void reslim_xwt(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs, double *W,
-                int64_t ws, double *out, int64_t os, double alpha, const double *left, int64_t ls,
-                const double *right, int64_t rs, const double *coef, int nt) {
-    xwt_impl(B, N, D, M, x, xs, W, ws, out, os, alpha, left, ls, right, rs, coef, nt);
+                int64_t ws, double *out, int64_t os, const double *base, int64_t bs, double alpha,
+                const double *left, int64_t ls, const double *right, int64_t rs, const double *coef,
+                int nt) {
+    xwt_impl(B, N, D, M, x, xs, W, ws, out, os, base, bs, alpha, left, ls, right, rs, coef, nt);
 }

@@ -6,8 +6,8 @@ compiler works, or ``RESLIM_KERNELS=0``, :func:`available` is False and the mode
 On AVX2/FMA CPUs the register-blocked intrinsics versions run; elsewhere (or with
 ``RESLIM_KERNELS=generic``) the portable C loops.
 
-``xw(x, W, out, update)``:  out = x @ W            then  W += coef * left^T @ right
-``xwt(x, W, out, alpha, update)``: out += alpha x @ W^T, then  W += coef * left^T @ right
+``xw(x, W, out, alpha, update)``:  out = alpha x @ W          then  W += coef * left^T @ right
+``xwt(x, W, out, alpha, update, base)``: out = base + alpha x @ W^T, then  W += coef * left^T @ right
 with ``x`` (B, N, K) (batch stride 0 allowed), ``W`` (B, D, M) contiguous, ``coef`` (B,).
 """
 
@@ -64,8 +64,9 @@ def _build() -> ctypes.CDLL:
                 raise RuntimeError(f"compiling kernels failed: {res.stderr.strip()[:300]}")
             os.replace(out, lib)  # atomic: concurrent builders never see a partial file
     dll = ctypes.CDLL(str(lib))
-    dll.reslim_xw.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _P, _I, _P, _INT]
-    dll.reslim_xwt.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
+    dll.reslim_xw.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
+    dll.reslim_xwt.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P,
+                               _INT]
     dll.reslim_xw.restype = dll.reslim_xwt.restype = None
     dll.reslim_nmax.restype = ctypes.c_int
     return dll
@@ -98,48 +99,45 @@ def usable(*tensors: torch.Tensor, n: int) -> bool:
 
 
 def _bstride(t: torch.Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else 0
+    return t.stride(0) if t.dim() == 3 and t.shape[0] > 1 else 0
 
 
-def _check(t: torch.Tensor, name: str) -> None:
+def _rows(t: torch.Tensor, name: str) -> int:
+    """Batch stride of ``t`` ((K, C) or (B, K, C) with contiguous rows; 0 = broadcast)."""
     if t.stride(-1) != 1 or t.stride(-2) != t.shape[-1]:
         raise ValueError(f"{name} must have contiguous rows")
+    return _bstride(t)
 
 
-def _check_all(x, W, out, left, right, coef) -> bool:
-    """Row-contiguity of every operand; whether an update is fused (``coef`` given)."""
-    named = [(x, "x"), (W, "W"), (out, "out")]
-    if coef is not None:
-        named += [(left, "left"), (right, "right")]
-    for t, name in named:
-        _check(t, name)
-    return coef is not None
-
-
-def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, left: torch.Tensor | None = None,
-       right: torch.Tensor | None = None, coef: torch.Tensor | None = None) -> None:
-    """``out = x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
+def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float = 1.0,
+       left: torch.Tensor | None = None, right: torch.Tensor | None = None,
+       coef: torch.Tensor | None = None) -> None:
+    """``out = alpha x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
-    N = x.shape[-2]
-    upd = _check_all(x, W, out, left, right, coef)
+    if not (W.is_contiguous() and out.is_contiguous()):
+        raise ValueError("W and out must be contiguous")
+    upd = coef is not None
     library().reslim_xw(
-        B, N, D, M, x.data_ptr(), _bstride(x) if x.dim() == 3 else 0, W.data_ptr(), W.stride(0),
-        out.data_ptr(), out.stride(0),
-        left.data_ptr() if upd else None, _bstride(left) if upd else 0,
-        right.data_ptr() if upd else None, _bstride(right) if upd else 0,
+        B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
+        out.data_ptr(), out.stride(0), float(alpha),
+        left.data_ptr() if upd else None, _rows(left, "left") if upd else 0,
+        right.data_ptr() if upd else None, _rows(right, "right") if upd else 0,
         coef.data_ptr() if upd else None, torch.get_num_threads())
 
 
 def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
         left: torch.Tensor | None = None, right: torch.Tensor | None = None,
-        coef: torch.Tensor | None = None) -> None:
-    """``out += alpha x @ W^T`` (B, N, D); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
+        coef: torch.Tensor | None = None, base: torch.Tensor | None = None) -> None:
+    """``out = base + alpha x @ W^T`` (B, N, D) (``base`` defaults to ``out``: accumulate);
+    with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
-    N = x.shape[-2]
-    upd = _check_all(x, W, out, left, right, coef)
+    if not (W.is_contiguous() and out.is_contiguous()):
+        raise ValueError("W and out must be contiguous")
+    base = out if base is None else base
+    upd = coef is not None
     library().reslim_xwt(
-        B, N, D, M, x.data_ptr(), _bstride(x), W.data_ptr(), W.stride(0), out.data_ptr(),
-        out.stride(0), float(alpha),
-        left.data_ptr() if upd else None, _bstride(left) if upd else 0,
-        right.data_ptr() if upd else None, _bstride(right) if upd else 0,
+        B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
+        out.data_ptr(), out.stride(0), base.data_ptr(), _rows(base, "base"), float(alpha),
+        left.data_ptr() if upd else None, _rows(left, "left") if upd else 0,
+        right.data_ptr() if upd else None, _rows(right, "right") if upd else 0,
         coef.data_ptr() if upd else None, torch.get_num_threads())

@@ -273,18 +273,17 @@ class ResNet(nn.Module):
     def _forward_kernels(self, h, hidden, pre, acts, coef) -> ForwardCache:
         act = self.activation.fn
         B, N, D = h.shape
+        mU = self.mult("U") if self.block == "two-layer" else 1.0
         for l in range(self.shape.L):
             h_next = torch.empty(B, N, D, dtype=h.dtype)
-            h_next.copy_(h)
             if self.block == "two-layer":
                 p = torch.empty(B, N, self.shape.M, dtype=h.dtype)
-                kernels.xw(h, self.U[l], p)
-                p.mul_(self.mult("U"))
+                kernels.xw(h, self.U[l], p, mU)
                 a = act(p)
-                kernels.xwt(a, self.V[l], h_next, coef)
+                kernels.xwt(a, self.V[l], h_next, coef, base=h)
             else:
                 p, a = h, act(h)
-                kernels.xwt(a, self.W[l], h_next, coef)
+                kernels.xwt(a, self.W[l], h_next, coef, base=h)
             pre.append(p)
             acts.append(a)
             hidden.append(h_next)
@@ -359,10 +358,10 @@ class ResNet(nn.Module):
             for l in range(self.shape.L - 1, -1, -1):
                 p, a, h = cache.pre[l], cache.act[l], cache.hidden[l]
                 ga = torch.empty(B, N, self.shape.M, dtype=g.dtype)
-                kernels.xw(g, self.V[l], ga, left=g, right=a, coef=coef_V)
-                gp = ga.mul_(grad_act(p, a)).mul_(cV)
-                g_next = g.clone()
-                kernels.xwt(gp, self.U[l], g_next, cU, left=h, right=gp, coef=coef_U)
+                kernels.xw(g, self.V[l], ga, cV, left=g, right=a, coef=coef_V)
+                gp = ga.mul_(grad_act(p, a))
+                g_next = torch.empty_like(g)
+                kernels.xwt(gp, self.U[l], g_next, cU, left=h, right=gp, coef=coef_U, base=g)
                 g = g_next
         else:
             cW = self.beta * self.mult("W")
@@ -370,8 +369,8 @@ class ResNet(nn.Module):
             for l in range(self.shape.L - 1, -1, -1):
                 p, a = cache.pre[l], cache.act[l]
                 ga = torch.empty(B, N, D, dtype=g.dtype)
-                kernels.xw(g, self.W[l], ga, left=g, right=a, coef=coef_W)
-                g = g + ga.mul_(grad_act(p, a)).mul_(cW)
+                kernels.xw(g, self.W[l], ga, cW, left=g, right=a, coef=coef_W)
+                g = g + ga.mul_(grad_act(p, a))
         return g
 
 
