@@ -12,25 +12,15 @@ Usage: ``python bench/kernel_crossover.py [--repeats 5]``.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from reslim import ResNet, Shape, gaussian_data
 from reslim._src.models.resnet import KERNEL_MIN_ELEMENTS
 from reslim._src.training.trainer import _SGDUpdate, loss_and_grad
+from step import best_time  # bench/ is on the path when run as a script
 
 SHAPES = [(14, 14), (45, 45), (96, 96), (206, 206), (301, 301), (439, 439), (2000, 45), (45, 2000)]
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def step_time(B: int, M: int, D: int, use_kernels: bool, repeats: int) -> float:

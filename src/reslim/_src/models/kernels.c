@@ -270,20 +270,26 @@ static inline __attribute__((always_inline)) void xwt_dots(const int nb, int64_t
     for (int j = 0; j < nb; ++j) _mm256_store_pd(vacc + 4 * j, acc[j]);
 }
 
+/* Calls CALL(k) with the constant k = nb (1 <= nb <= 10): register blocks need a constant. */
+#define WITH_CONSTANT_NB(nb, CALL)                                                            \
+    switch (nb) {                                                                             \
+        case 1: CALL(1); break;                                                               \
+        case 2: CALL(2); break;                                                               \
+        case 3: CALL(3); break;                                                               \
+        case 4: CALL(4); break;                                                               \
+        case 5: CALL(5); break;                                                               \
+        case 6: CALL(6); break;                                                               \
+        case 7: CALL(7); break;                                                               \
+        case 8: CALL(8); break;                                                               \
+        case 9: CALL(9); break;                                                               \
+        default: CALL(10); break;                                                             \
+    }
+
 static void xwt_dots_any(int nb, int64_t M, const double *x, const double *row, int64_t w,
                          double *vacc) {
-    switch (nb) { /* constant nb: the accumulators live in registers */
-        case 1: xwt_dots(1, M, x, row, w, vacc); break;
-        case 2: xwt_dots(2, M, x, row, w, vacc); break;
-        case 3: xwt_dots(3, M, x, row, w, vacc); break;
-        case 4: xwt_dots(4, M, x, row, w, vacc); break;
-        case 5: xwt_dots(5, M, x, row, w, vacc); break;
-        case 6: xwt_dots(6, M, x, row, w, vacc); break;
-        case 7: xwt_dots(7, M, x, row, w, vacc); break;
-        case 8: xwt_dots(8, M, x, row, w, vacc); break;
-        case 9: xwt_dots(9, M, x, row, w, vacc); break;
-        default: xwt_dots(10, M, x, row, w, vacc); break;
-    }
+#define DOTS(k) xwt_dots(k, M, x, row, w, vacc)
+    WITH_CONSTANT_NB(nb, DOTS)
+#undef DOTS
 }
 
 /* row[0:w] += sum_j cl[j] r[j, 0:w] for nb rows of r at stride M (nb a constant: the
@@ -311,18 +317,9 @@ static inline __attribute__((always_inline)) void xwt_update(const int nb, int64
 
 static void xwt_update_any(int nb, int64_t M, const double *r, const double *cl, double *row,
                            int64_t w) {
-    switch (nb) {
-        case 1: xwt_update(1, M, r, cl, row, w); break;
-        case 2: xwt_update(2, M, r, cl, row, w); break;
-        case 3: xwt_update(3, M, r, cl, row, w); break;
-        case 4: xwt_update(4, M, r, cl, row, w); break;
-        case 5: xwt_update(5, M, r, cl, row, w); break;
-        case 6: xwt_update(6, M, r, cl, row, w); break;
-        case 7: xwt_update(7, M, r, cl, row, w); break;
-        case 8: xwt_update(8, M, r, cl, row, w); break;
-        case 9: xwt_update(9, M, r, cl, row, w); break;
-        default: xwt_update(10, M, r, cl, row, w); break;
-    }
+#define UPDATE(k) xwt_update(k, M, r, cl, row, w)
+    WITH_CONSTANT_NB(nb, UPDATE)
+#undef UPDATE
 }
 
 static void xwt_impl(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
