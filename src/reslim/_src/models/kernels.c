@@ -98,7 +98,7 @@ __attribute__((unused)) static void xwt_generic(int64_t B, int64_t N, int64_t D,
  * they stream W: at N = 10 the flop and the byte rooflines are about equal. */
 
 #define XW_CB 128 /* columns per chunk: the chunk's accumulators and update rows stay in L1 */
-#define XW_RB 64  /* rows per block: a block's rows of the thread's columns stay in L2 */
+#define XW_RB 32  /* rows per block: a block's rows of the thread's columns stay in L2 */
 
 /* acc (N, XW_CB) += x[:, d0:d1] @ W[d0:d1, c0:c0+w]; with upd, W[d, c] += sum_n left[n, d] r[n, c]
  * after W is read (r already holds coef * right). */
