@@ -313,3 +313,18 @@ def test_portable_kernels_equal_matmul(tmp_path):
                          capture_output=True, text=True, check=True)
     assert float(res.stdout.strip()) < 1e-11
     assert any("generic" in f.name for f in tmp_path.iterdir())
+
+
+def test_vectorised_seed_derivation_equals_seedsequence():
+    """derive_seeds (uint32 array arithmetic) equals derive_seed (NumPy SeedSequence) exactly,
+    for seeds with one and two 32-bit entropy words and for streams up to 2**32 - 1."""
+    from reslim._src.models.resnet import derive_seed, derive_seeds
+
+    rng = np.random.default_rng(1)
+    seeds = [0, 1, 2**32 - 1, 2**32, 2**48 - 1, 2**48, 2**63 - 1, *map(int, rng.integers(0, 2**63, 20))]
+    streams = np.concatenate([np.arange(50), [2**32 - 1], rng.integers(0, 2**32, 10)])
+    got = derive_seeds([[s] for s in seeds], streams[None, :])
+    want = np.array([[derive_seed(s, int(t)) for t in streams] for s in seeds])
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="stream"):
+        derive_seeds([1], 2**32)

@@ -45,6 +45,55 @@ def derive_seed(seed: int, stream: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
 
 
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R = 0xCA01F9DD, 0x4973F715
+
+
+def derive_seeds(seeds: Sequence[int], stream: int | Sequence[int]) -> np.ndarray:
+    """``derive_seed`` elementwise over broadcast ``seeds`` and ``stream`` (each stream
+    ``< 2**32``), vectorised: NumPy ``SeedSequence``'s pool mixing (4 words) and state output
+    in uint32 array arithmetic, exactly (tested), at a fraction of a microsecond per seed."""
+    sd, st = np.broadcast_arrays(np.asarray([int(v) & 0xFFFFFFFFFFFF for v in np.ravel(seeds)],
+                                            dtype=np.uint64).reshape(np.shape(seeds)),
+                                 np.asarray(stream, dtype=np.uint64))
+    if np.any(st >= 1 << 32):
+        raise ValueError("stream must be below 2**32")
+    U = np.uint32
+    lo, hi, tail = (sd & 0xFFFFFFFF).astype(U), (sd >> np.uint64(32)).astype(U), st.astype(U)
+    hc = [_SS_INIT_A]
+
+    def hashmix(v: np.ndarray) -> np.ndarray:
+        h = hc[0]
+        hc[0] = h * _SS_MULT_A & 0xFFFFFFFF
+        v = (v ^ U(h)) * U(hc[0])
+        return v ^ (v >> U(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = U(_SS_MIX_L) * x - U(_SS_MIX_R) * y
+        return r ^ (r >> U(16))
+
+    def state(entropy: list[np.ndarray]) -> np.ndarray:
+        hc[0] = _SS_INIT_A
+        zero = np.zeros_like(lo)
+        pool = [hashmix(entropy[i] if i < len(entropy) else zero) for i in range(4)]
+        for i in range(4):
+            for j in range(4):
+                if i != j:
+                    pool[j] = mix(pool[j], hashmix(pool[i]))
+        out, hb = [], _SS_INIT_B
+        for i in range(2):
+            v = pool[i] ^ U(hb)
+            hb = hb * _SS_MULT_B & 0xFFFFFFFF
+            v = v * U(hb)
+            out.append((v ^ (v >> U(16))).astype(np.uint64))
+        return ((out[0] << np.uint64(31)) ^ out[1]) & np.uint64(0x7FFFFFFFFFFFFFFF)
+
+    with np.errstate(over="ignore"):  # uint32 arithmetic wraps, as in SeedSequence
+        two = state([lo, tail])  # a seed below 2**32 is one entropy word
+        three = state([lo, hi, tail])
+    return np.where(hi == 0, two, three).astype(np.int64)
+
+
 def standard_normal(seed: int, *size: int) -> torch.Tensor:
     """``N(0, 1)`` float64 draws from a generator seeded with ``seed`` (CPU, reproducible)."""
     gen = torch.Generator().manual_seed(int(seed))
@@ -133,11 +182,11 @@ class ResNet(nn.Module):
         # about 1/threads of the time, with no full-size temporary.
         stacks = {role: torch.empty(L, B, D, M if role in ("U", "V") else D, dtype=torch.float64)
                   for role in self.block_roles}
-        bases = {(role, b): derive_seed(seed, _STREAM[role])
-                 for role in self.block_roles for b, seed in enumerate(self.seeds)}
+        layer_seeds = {role: derive_seeds(derive_seeds(self.seeds, _STREAM[role])[:, None],
+                                          np.arange(L)[None, :]) for role in self.block_roles}
 
         def draw(role: str, b: int, layer: int) -> None:
-            gen = torch.Generator().manual_seed(derive_seed(bases[role, b], layer))
+            gen = torch.Generator().manual_seed(int(layer_seeds[role][b, layer]))
             dst = stacks[role][layer, b]
             dst.copy_(torch.randn(dst.shape, generator=gen, dtype=torch.float32))
 
