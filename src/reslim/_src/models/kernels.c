@@ -3,7 +3,11 @@
  * With N (samples) small, x @ W and x @ W^T are memory-bound: each should read the big
  * weight W once. BLAS packs W on every call (about 3 passes); these kernels stream it once and
  * fuse the rank-N gradient update into the same pass (one read-modify-write), so a GD step of
- * a two-layer block touches U and V six times in all: the least any implementation can.
+ * a two-layer block touches U and V six times in all: the least a dense update can.
+ *
+ * Two implementations of each kernel: register-blocked AVX2/FMA intrinsics where the compiler
+ * targets them, and portable C loops (the *_generic functions) elsewhere or with
+ * -DRESLIM_GENERIC. The Python side (kernels.py) builds, loads and tests both.
  *
  * Layout: batch b, row-major inner matrices; strides are in elements (0 = broadcast).
  *   x: (B, N, K) with batch stride xs      W: (B, D, M) with batch stride ws
@@ -12,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BM 64   /* columns of W per task in the axpy-form kernels */
+#define BM 64   /* columns of W per task in the portable x @ W */
 #define NMAX 64 /* most samples per call (the caller falls back above) */
 
 /* out[b] (N, M) = alpha * x[b] (N, D) @ W[b] (D, M);
