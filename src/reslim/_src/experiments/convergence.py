@@ -24,7 +24,7 @@ from ..training.data import gaussian_data
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .spec import GridSpec, ParamSpec, SpecBase, StrictModel
+from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES = ("embedding", "output")
 TWINS = {"embedding": "embedding-twin", "output": "output-twin"}  # the reference's twins (floor)
@@ -66,11 +66,8 @@ class DataSpec(StrictModel):
     seed: int = 0
 
 
-class TrainSpec(StrictModel):
-    steps: Size = 15
-    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
-    optimizer: Literal["gd"] = "gd"
-    loss: Literal["sum", "mean"] = "mean"
+class TrainSpec(GDTrainSpec):
+    """The paper grid's GD: 15 steps of size 1, loss averaged over outputs."""
 
 
 class NetworkReference(StrictModel):

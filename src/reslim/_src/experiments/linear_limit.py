@@ -36,7 +36,7 @@ from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
 from ..training.trainer import train
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .spec import GridSpec, ParamSpec, SpecBase, StrictModel
+from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 #: theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
 PUBLISHED = {"embedding": {"D/(LM)": 0.673, "1/D": 0.437, "1/L^2": 0.0},
@@ -65,10 +65,10 @@ class ModelSpec(StrictModel):
     block: Literal["two-layer"] = "two-layer"
 
 
-class TrainSpec(StrictModel):
-    steps: Size = 15
+class TrainSpec(GDTrainSpec):
+    """The linear experiment's GD: 15 steps of size 0.1, loss summed over outputs."""
+
     lr: float = Field(0.1, gt=0, allow_inf_nan=False)
-    optimizer: Literal["gd"] = "gd"
     loss: Literal["sum", "mean"] = "sum"
 
 

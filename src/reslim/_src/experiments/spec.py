@@ -46,6 +46,16 @@ class GridSpec(StrictModel):
         return [Shape(L, M, D) for L in self.L for M in self.M for D in self.D]
 
 
+class GDTrainSpec(StrictModel):
+    """Full-batch GD as in the papers: ``steps`` steps of size ``lr``, loss summed or averaged
+    over outputs (theory.md §1); kinds with other defaults subclass it."""
+
+    steps: PositiveInt = 15
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    optimizer: Literal["gd"] = "gd"
+    loss: Literal["sum", "mean"] = "mean"
+
+
 class ParamSpec(StrictModel):
     """A parameterization preset and its options (``get_parameterization(name, **options)``)."""
 
