@@ -129,11 +129,6 @@ def _fin(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _records(kind: ExperimentKind, spec, store) -> list:
-    keys = {r.key for r in kind.expand(spec)}
-    return [rec for rec in store.records(kind=spec.kind) if rec.key in keys]
-
-
 def _fits_paragraph(fits: pd.DataFrame, by: list[str]) -> list[str]:
     lines = []
     for r in fits.itertuples(index=False):
@@ -228,7 +223,7 @@ class GiaGap(ExperimentKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in _records(self, spec, store):
+        for rec in self.records(spec, store):
             c = rec.config
             row = {"param": c["param"], "L": c["L"], "seed": c["seed"], "diverged": rec.status != "done"}
             for k in (*GAP_METRICS, "loss_final", "loss_final_gia", "loss0"):
@@ -371,7 +366,7 @@ class Collapse(ExperimentKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in _records(self, spec, store):
+        for rec in self.records(spec, store):
             c = rec.config
             row = {"optimizer": c["optimizer"], "correction": c["correction"], "L": c["L"],
                    "seed": c["seed"], "diverged": rec.status != "done"}
@@ -517,7 +512,7 @@ class Transfer(ExperimentKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in _records(self, spec, store):
+        for rec in self.records(spec, store):
             c = rec.config
             if rec.status == "failed":
                 continue

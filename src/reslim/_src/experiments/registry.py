@@ -127,6 +127,11 @@ class ExperimentKind:
         """Driver-side post-processing of a result before it is stored (default: none)."""
         return result
 
+    def records(self, spec: SpecBase, store: Store) -> list:
+        """The stored records of ``spec``'s runs (a store may hold other specs' runs too)."""
+        keys = {r.key for r in self.expand(spec)}
+        return [rec for rec in store.records(kind=spec.kind) if rec.key in keys]
+
     def analyse(self, spec: SpecBase, store: Store) -> Any:
         """Fits and tables from the store (default: the report module's, else nothing)."""
         mod = self._report_module()

@@ -37,11 +37,8 @@ class ConvergenceAnalysis:
 
 def run_table(kind, spec, store) -> pd.DataFrame:
     """Per stored run of ``spec``: role, shape, rep, status and the error lists."""
-    keys = {r.key for r in kind.expand(spec)}
     rows = []
-    for rec in store.records(kind="convergence"):
-        if rec.key not in keys:
-            continue
+    for rec in kind.records(spec, store):
         c = rec.config
         L, M, D = c.get("shape") or (0, 0, 0)
         rows.append({"key": rec.key, "role": c["role"], "L": L, "M": M, "D": D, "P": L * M * D,

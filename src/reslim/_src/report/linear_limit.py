@@ -42,11 +42,8 @@ class LinearLimitAnalysis:
 
 
 def run_table(kind, spec, store) -> pd.DataFrame:
-    keys = {r.key for r in kind.expand(spec)}
     rows = []
-    for rec in store.records(kind="linear-limit"):
-        if rec.key not in keys:
-            continue
+    for rec in kind.records(spec, store):
         c = rec.config
         L, M, D = c["shape"] if c["role"] == "finite" else (0, 0, c["D"])
         row = {"key": rec.key, "role": c["role"], "L": L, "M": M, "D": D, "rep": c["rep"],
