@@ -173,7 +173,18 @@ class GiaGapSpec(SpecBase):
 GAP_METRICS = ("loss_gap", "output_gap", "rel_loss_gap", "rel_output_gap")
 
 
-class GiaGap(ExperimentKind):
+class _DepthKind(ExperimentKind):
+    """The depth kinds: a task (runs of one width) executes on as few threads as suit its size."""
+
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        with few_threads(runs[0].config["width"]):
+            return self._execute(runs)
+
+    def _execute(self, runs: list[Run]) -> list[RunResult]:
+        raise NotImplementedError
+
+
+class GiaGap(_DepthKind):
     spec_model = GiaGapSpec
 
     def expand(self, spec: GiaGapSpec) -> list[Run]:
@@ -191,10 +202,6 @@ class GiaGap(ExperimentKind):
                     runs.append(Run("gia-gap", cfg, group=group, cost=2 * 6.0 * L * W * W * N * K,
                                     mem=4.0 * L * W * W * 8, label=f"{param} L={L} seed={rep}"))
         return runs
-
-    def execute(self, runs: list[Run]) -> list[RunResult]:
-        with few_threads(runs[0].config["width"]):
-            return self._execute(runs)
 
     def _execute(self, runs: list[Run]) -> list[RunResult]:
         c = runs[0].config
@@ -320,7 +327,7 @@ class CollapseSpec(SpecBase):
         return self
 
 
-class Collapse(ExperimentKind):
+class Collapse(_DepthKind):
     spec_model = CollapseSpec
 
     def expand(self, spec: CollapseSpec) -> list[Run]:
@@ -340,10 +347,6 @@ class Collapse(ExperimentKind):
                                         mem=6.0 * L * W * W * 8,
                                         label=f"{opt} c={corr} L={L} seed={rep}"))
         return runs
-
-    def execute(self, runs: list[Run]) -> list[RunResult]:
-        with few_threads(runs[0].config["width"]):
-            return self._execute(runs)
 
     def _execute(self, runs: list[Run]) -> list[RunResult]:
         c = runs[0].config
@@ -465,7 +468,7 @@ class TransferSpec(SpecBase):
         return [float(2.0**k) for k in np.arange(lo, hi + 1e-9, self.lr_step)]
 
 
-class Transfer(ExperimentKind):
+class Transfer(_DepthKind):
     spec_model = TransferSpec
 
     def expand(self, spec: TransferSpec) -> list[Run]:
@@ -486,10 +489,6 @@ class Transfer(ExperimentKind):
                                                 group=group, cost=cost, mem=4.0 * L * W * W * 4,
                                                 label=f"{d.kind} {p.name} W={W} L={L} lr={lr:g}"))
         return runs
-
-    def execute(self, runs: list[Run]) -> list[RunResult]:
-        with few_threads(runs[0].config["width"]):
-            return self._execute(runs)
 
     def _execute(self, runs: list[Run]) -> list[RunResult]:
         c = runs[0].config
