@@ -181,8 +181,8 @@ class Convergence(ExperimentKind):
         ref_keys = [r.key for r in refs]
         runs = list(refs)
         floor = isinstance(spec.reference, NetworkReference) and spec.reference.floor
+        shapes = [s.as_tuple() for s in spec.grid.shapes()]
         for role in spec.runs:
-            shapes = [s.as_tuple() for s in spec.grid.shapes()]
             todo = [(role, shape) for shape in shapes]
             if floor:
                 todo.append((TWINS[role], tuple(spec.reference.shape)))

@@ -109,20 +109,25 @@ def _rows(t: torch.Tensor, name: str) -> int:
     return _bstride(t)
 
 
+def _weight_args(W: torch.Tensor, out: torch.Tensor, left, right, coef) -> tuple:
+    """Checks ``W`` and ``out``; the update's ctypes arguments (NULL and 0 without ``coef``)."""
+    if not (W.is_contiguous() and out.is_contiguous()):
+        raise ValueError("W and out must be contiguous")
+    if coef is None:
+        return (None, 0, None, 0, None)
+    return (left.data_ptr(), _rows(left, "left"), right.data_ptr(), _rows(right, "right"),
+            coef.data_ptr())
+
+
 def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float = 1.0,
        left: torch.Tensor | None = None, right: torch.Tensor | None = None,
        coef: torch.Tensor | None = None) -> None:
     """``out = alpha x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
-    if not (W.is_contiguous() and out.is_contiguous()):
-        raise ValueError("W and out must be contiguous")
-    upd = coef is not None
+    update = _weight_args(W, out, left, right, coef)
     library().reslim_xw(
         B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
-        out.data_ptr(), out.stride(0), float(alpha),
-        left.data_ptr() if upd else None, _rows(left, "left") if upd else 0,
-        right.data_ptr() if upd else None, _rows(right, "right") if upd else 0,
-        coef.data_ptr() if upd else None, torch.get_num_threads())
+        out.data_ptr(), out.stride(0), float(alpha), *update, torch.get_num_threads())
 
 
 def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
@@ -131,13 +136,9 @@ def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
     """``out = base + alpha x @ W^T`` (B, N, D) (``base`` defaults to ``out``: accumulate);
     with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
-    if not (W.is_contiguous() and out.is_contiguous()):
-        raise ValueError("W and out must be contiguous")
+    update = _weight_args(W, out, left, right, coef)
     base = out if base is None else base
-    upd = coef is not None
     library().reslim_xwt(
         B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
         out.data_ptr(), out.stride(0), base.data_ptr(), _rows(base, "base"), float(alpha),
-        left.data_ptr() if upd else None, _rows(left, "left") if upd else 0,
-        right.data_ptr() if upd else None, _rows(right, "right") if upd else 0,
-        coef.data_ptr() if upd else None, torch.get_num_threads())
+        *update, torch.get_num_threads())

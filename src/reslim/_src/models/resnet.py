@@ -191,7 +191,8 @@ class ResNet(nn.Module):
             dst.copy_(torch.randn(dst.shape, generator=gen, dtype=torch.float32))
 
         jobs = [(role, b, layer) for role in self.block_roles for b in range(B) for layer in range(L)]
-        workers = min(torch.get_num_threads(), len(jobs)) if L * B * D * M >= 1 << 20 else 1
+        big = sum(t.numel() for t in stacks.values()) >= 1 << 21  # threads pay from ~2M draws
+        workers = min(torch.get_num_threads(), len(jobs)) if big else 1
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda job: draw(*job), jobs))
