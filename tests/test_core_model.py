@@ -286,9 +286,10 @@ def _kernel_worst_error(N: int) -> float:
     return worst
 
 
-@pytest.mark.parametrize("N", [1, 4, 10, 11, 23])
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 7, 10, 11, 23])
 def test_fused_kernels_equal_matmul_for_every_block_size(N):
-    """Every register-block size of the native kernels (N up to 10, then chunks of 10)."""
+    """Every register-tile size of the native kernels (tiles of up to 5 samples, so every
+    remainder 1..5, alone and after full tiles)."""
     from reslim._src.models import kernels
 
     if not kernels.available():
