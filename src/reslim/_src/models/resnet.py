@@ -33,9 +33,10 @@ from . import kernels
 from .activations import get_activation
 
 BLOCKS = ("two-layer", "one-layer")
-#: kernels from this many block-weight elements per layer (networks x rows x cols); measured:
-#: 5 x 96 x 96 and 1 x 206 x 206 run faster with them, 5 x 45 x 45 and 1 x 96 x 96 with torch
-KERNEL_MIN_ELEMENTS = 40_000
+#: kernels from this many block-weight elements per layer (networks x rows x cols); measured by
+#: bench/kernel_crossover.py: 1 x 96 x 96 and 5 x 45 x 45 run 3-14% faster with them, 1 x 45 x 45
+#: breaks even and 1 x 14 x 14 runs faster with torch
+KERNEL_MIN_ELEMENTS = 9_000
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
