@@ -11,6 +11,8 @@ and noisy, so only ratios measured side by side mean anything):
   stacked tensors, at (50, 301, 301); ``vs_numpy``: over a NumPy implementation of the
   same step (explicit backward, separate gradient arrays).
 - ``batched_speedup``: 20 seeds of (50, 14, 14), 15 GD steps, one batched run vs 20 runs.
+- ``float32_kernels_vs_torch``: the float32 step at the roofline shape, float32 kernels vs the
+  torch path (``use_kernels = False``).
 
 Usage: ``python bench/step.py [--size 1000] [--repeats 5]``.
 """
@@ -52,10 +54,11 @@ def copy_rate(nbytes: int = 400_000_000, repeats: int = 3) -> float:
     return 2 * nbytes / best_time(lambda: y.copy_(x), repeats)
 
 
-def reslim_step(shape: Shape):
+def reslim_step(shape: Shape, dtype: str = "float64", use_kernels: bool | None = None):
     data = gaussian_data(N, D_IO, D_IO, seed=0)
-    net = ResNet(shape, param="mlu", d_in=D_IO, d_out=D_IO, seeds=[0])
-    X, Yt = torch.as_tensor(data.X), torch.as_tensor(data.Y)
+    net = ResNet(shape, param="mlu", d_in=D_IO, d_out=D_IO, seeds=[0], dtype=dtype)
+    net.use_kernels = use_kernels
+    X, Yt = (torch.as_tensor(a, dtype=net.W_e.dtype) for a in (data.X, data.Y))
     update = _SGDUpdate(net, {"U": 1e-12, "V": 1e-12})
 
     def step():
@@ -157,6 +160,11 @@ def main() -> None:
     print(f"step_seconds_{big.L}_{big.M}_{big.D}: {t_step:.4f}")
     print(f"roofline_seconds: {roof:.4f}")
     print(f"roofline_ratio: {t_step / roof:.3f}")
+    t32 = best_time(reslim_step(big, "float32"), args.repeats)
+    t32_torch = best_time(reslim_step(big, "float32", use_kernels=False), args.repeats)
+    print(f"float32_step_seconds_{big.L}_{big.M}_{big.D}: {t32:.4f}")
+    print(f"float32_torch_step_seconds: {t32_torch:.4f}")
+    print(f"float32_kernels_vs_torch: {t32_torch / t32:.2f}")
 
     mid = Shape(50, 301, 301)
     t_fast = best_time(reslim_step(mid), args.repeats)

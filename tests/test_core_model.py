@@ -224,18 +224,22 @@ def test_low_rank_updates_are_exact_gd(block, param, optimizer, gia):
                                    t.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("block,param,optimizer", [
-    ("two-layer", "mlu", "gd"), ("two-layer", "depth-mup", "sgd"), ("one-layer", "depth-mup", "gd"),
-    ("two-layer", "mlu", "adam"),
+@pytest.mark.parametrize("block,param,optimizer,dtype", [
+    ("two-layer", "mlu", "gd", "float64"), ("two-layer", "depth-mup", "sgd", "float64"),
+    ("one-layer", "depth-mup", "gd", "float64"), ("two-layer", "mlu", "adam", "float64"),
+    ("two-layer", "mlu", "gd", "float32"), ("one-layer", "depth-mup", "sgd", "float32"),
 ])
-def test_fused_cpu_kernels_equal_the_torch_path(block, param, optimizer):
-    """kernels.c (one pass per weight: product and update fused) equals plain torch ops."""
+def test_fused_cpu_kernels_equal_the_torch_path(block, param, optimizer, dtype):
+    """kernels.c (one pass per weight: product and update fused) equals plain torch ops: to
+    rounding in float64, to float32 rounding (summed in another order) in float32."""
     from reslim._src.models import kernels
 
-    if not kernels.available():
-        pytest.skip(f"fused kernels unavailable here: {kernels._error}")
+    if not kernels.available() or getattr(torch, dtype) not in kernels.dtypes():
+        pytest.skip(f"fused {dtype} kernels unavailable here: {kernels._error}")
+    tol = dict(rtol=1e-11, atol=1e-12) if dtype == "float64" else dict(rtol=1e-5, atol=5e-6)
     data = gaussian_data(N=7, d_in=3, d_out=2, seed=2)
-    kw = dict(param=param, d_in=3, d_out=2, block=block, seeds=[0, 1, 2], train_readout=True)
+    kw = dict(param=param, d_in=3, d_out=2, block=block, seeds=[0, 1, 2], train_readout=True,
+              dtype=dtype)
     extra = dict(batch_size=4) if optimizer == "sgd" else {}
     record = ("outputs", "hidden", "pre", "loss")
     nets = []
@@ -248,53 +252,65 @@ def test_fused_cpu_kernels_equal_the_torch_path(block, param, optimizer):
                        **extra) for n in nets)
     assert np.abs(ref.outputs[-1] - ref.outputs[0]).max() > 1e-3
     for name in record:
-        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), **tol)
     for role, t in nets[1].role_tensors().items():
         np.testing.assert_allclose(nets[0].role_tensors()[role].detach().numpy(),
-                                   t.detach().numpy(), rtol=1e-11, atol=1e-12)
+                                   t.detach().numpy(), **tol)
 
 
-def _kernel_worst_error(N: int) -> float:
-    """Largest error of kernels.xw / kernels.xwt against torch matmul over shapes with row and
-    column tails, a broadcast x, and the aliased operands the backward pass uses (xw's left is
-    x, xwt's right is x)."""
+def _kernel_worst_error(N: int, dtype: torch.dtype = torch.float64) -> float:
+    """Largest error of kernels.xw / kernels.xwt in ``dtype`` against float64 matmul of the same
+    inputs, over shapes with row and column tails, a broadcast x, and the aliased operands the
+    backward pass uses (xw's left is x, xwt's right is x)."""
     from reslim._src.models import kernels
 
     g = torch.Generator().manual_seed(N)
     worst = 0.0
+
+    def err(got, want):
+        return (got.double() - want).abs().max().item()
+
+    def k(t):  # the kernel's own copy, in dtype
+        return t.to(dtype, copy=True)
+
     for B, D, M in [(1, 9, 6), (2, 67, 130), (3, 133, 259)]:
-        def rnd(*s):
-            return torch.randn(*s, generator=g, dtype=torch.float64)
+        def rnd(*s):  # values exactly representable in dtype; the reference is float64
+            return torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).double()
 
         W, coef = rnd(B, D, M), rnd(B)
         x, xm, left, right = rnd(1, N, D), rnd(B, N, M), rnd(B, N, D), rnd(B, N, M)
-        out = torch.empty(B, N, M, dtype=torch.float64)
-        kernels.xw(x, W, out)  # broadcast x (batch stride 0), no update
-        worst = max(worst, (out - x @ W).abs().max().item())
+        out = torch.empty(B, N, M, dtype=dtype)
+        kernels.xw(k(x), k(W), out)  # broadcast x (batch stride 0), no update
+        worst = max(worst, err(out, x @ W))
         xe = x.expand(B, N, D).contiguous()
         for lft in (left, xe):  # xe: left is the very tensor x
-            W2 = W.clone()
-            kernels.xw(xe, W2, out, 1.3, left=lft, right=right, coef=coef)
-            worst = max(worst, (out - 1.3 * xe @ W).abs().max().item(),
-                        (W2 - (W + coef[:, None, None] * lft.mT @ right)).abs().max().item())
+            W2, xk = k(W), k(xe)
+            kernels.xw(xk, W2, out, 1.3, left=xk if lft is xe else k(lft),
+                       right=k(right), coef=coef)
+            worst = max(worst, err(out, 1.3 * xe @ W), err(W2, W + coef[:, None, None] * lft.mT @ right))
         for rgt, base in ((right, None), (xm, rnd(B, N, D))):  # accumulate into out, or out = base + ..
-            W3, o = W.clone(), rnd(B, N, D)
+            W3, o, xk = k(W), rnd(B, N, D), k(xm)
             start = o.clone() if base is None else base
-            kernels.xwt(xm, W3, o, 0.7, left=left, right=rgt, coef=coef, base=base)
-            worst = max(worst, (o - (start + 0.7 * xm @ W.mT)).abs().max().item(),
-                        (W3 - (W + coef[:, None, None] * left.mT @ rgt)).abs().max().item())
+            ok = k(o)
+            kernels.xwt(xk, W3, ok, 0.7, left=k(left), right=xk if rgt is xm else k(rgt),
+                        coef=coef, base=None if base is None else k(base))
+            worst = max(worst, err(ok, start + 0.7 * xm @ W.mT),
+                        err(W3, W + coef[:, None, None] * left.mT @ rgt))
     return worst
 
 
 @pytest.mark.parametrize("N", [1, 2, 3, 4, 7, 10, 11, 23])
 def test_fused_kernels_equal_matmul_for_every_block_size(N):
     """Every register-tile size of the native kernels (tiles of up to 5 samples, so every
-    remainder 1..5, alone and after full tiles)."""
+    remainder 1..5, alone and after full tiles), in float64 and, where built, float32 (whose
+    tiles are twice as wide: 16 columns, 8 lanes per dot product)."""
     from reslim._src.models import kernels
 
     if not kernels.available():
         pytest.skip(f"fused kernels unavailable here: {kernels._error}")
     assert _kernel_worst_error(N) < 1e-11
+    if torch.float32 in kernels.dtypes():
+        assert 1e-7 < _kernel_worst_error(N, torch.float32) < 1e-4  # float32 rounding, no more
 
 
 def test_portable_kernels_equal_matmul(tmp_path):

@@ -1,14 +1,15 @@
-"""Optional fused CPU kernels (``kernels.c``) for the block GEMMs of a GD step, float64.
+"""Optional fused CPU kernels (``kernels.c``) for the block GEMMs of a GD step.
 
 Built on first use with the system C compiler (``cc -O3 -march=native -fopenmp``) into a
 per-machine cache (``$RESLIM_CACHE`` or ``~/.cache/reslim``) and loaded with ctypes; where no
 compiler works, or ``RESLIM_KERNELS=0``, :func:`available` is False and the model uses torch.
-On AVX2/FMA CPUs the register-blocked intrinsics versions run; elsewhere (or with
-``RESLIM_KERNELS=generic``) the portable C loops.
+On AVX2/FMA CPUs the register-tiled intrinsics (``kernels_tiled.inc``) run, for float64 and
+float32; elsewhere (or with ``RESLIM_KERNELS=generic``) the portable C loops, float64 only.
 
 ``xw(x, W, out, alpha, update)``:  out = alpha x @ W          then  W += coef * left^T @ right
 ``xwt(x, W, out, alpha, update, base)``: out = base + alpha x @ W^T, then  W += coef * left^T @ right
-with ``x`` (B, N, K) (batch stride 0 allowed), ``W`` (B, D, M) contiguous, ``coef`` (B,).
+with ``x`` (B, N, K) (batch stride 0 allowed), ``W`` (B, D, M) contiguous, all of one dtype;
+``coef`` (B,) float64.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("kernels.c")
+_INCLUDES = [Path(__file__).with_name("kernels_tiled.inc")]
 _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
@@ -48,7 +50,7 @@ def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler found")
-    src = _SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in (_SOURCE, *_INCLUDES))
     generic = os.environ.get("RESLIM_KERNELS") == "generic"  # the portable C path, for testing
     tag = hashlib.sha256(src).hexdigest()[:12] + "-" + _cpu_tag() + ("-generic" if generic else "")
     cache = Path(os.environ.get("RESLIM_CACHE", Path.home() / ".cache" / "reslim"))
@@ -68,7 +70,11 @@ def _build() -> ctypes.CDLL:
     dll.reslim_xwt.argtypes = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P,
                                _INT]
     dll.reslim_xw.restype = dll.reslim_xwt.restype = None
-    dll.reslim_nmax.restype = ctypes.c_int
+    dll.reslim_nmax.restype = dll.reslim_has_float32.restype = ctypes.c_int
+    if dll.reslim_has_float32():
+        dll.reslim_xw_f32.argtypes = dll.reslim_xw.argtypes
+        dll.reslim_xwt_f32.argtypes = dll.reslim_xwt.argtypes
+        dll.reslim_xw_f32.restype = dll.reslim_xwt_f32.restype = None
     return dll
 
 
@@ -91,11 +97,30 @@ def available() -> bool:
     return library() is not None
 
 
+def dtypes() -> tuple[torch.dtype, ...]:
+    """The element types the loaded kernels take (none where unavailable)."""
+    lib = library()
+    if lib is None:
+        return ()
+    return (torch.float64, torch.float32) if lib.reslim_has_float32() else (torch.float64,)
+
+
 def usable(*tensors: torch.Tensor, n: int) -> bool:
-    """Whether the kernels apply: CPU float64 tensors and at most NMAX samples."""
+    """Whether the kernels apply: CPU tensors of a dtype they take and at most NMAX samples."""
     lib = library()
     return (lib is not None and n <= lib.reslim_nmax()
-            and all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors))
+            and all(t.device.type == "cpu" and t.dtype in dtypes() for t in tensors))
+
+
+def _entry(name: str, *tensors: torch.Tensor):
+    """The C function for the tensors' common dtype."""
+    dtype = tensors[0].dtype
+    if any(t.dtype != dtype for t in tensors):
+        raise ValueError(f"{name}: all tensors must have one dtype, got {[t.dtype for t in tensors]}")
+    if dtype not in dtypes():
+        raise ValueError(f"{name}: no kernels for {dtype} here (have {list(dtypes())})")
+    lib = library()
+    return getattr(lib, name) if dtype == torch.float64 else getattr(lib, name + "_f32")
 
 
 def _bstride(t: torch.Tensor) -> int:
@@ -115,6 +140,8 @@ def _weight_args(W: torch.Tensor, out: torch.Tensor, left, right, coef) -> tuple
         raise ValueError("W and out must be contiguous")
     if coef is None:
         return (None, 0, None, 0, None)
+    if coef.dtype != torch.float64 or not coef.is_contiguous():
+        raise ValueError("coef must be a contiguous float64 tensor")
     return (left.data_ptr(), _rows(left, "left"), right.data_ptr(), _rows(right, "right"),
             coef.data_ptr())
 
@@ -125,7 +152,7 @@ def xw(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float = 1.0,
     """``out = alpha x @ W`` (B, N, M); with ``coef``: then ``W += coef[b] left[b]^T right[b]``."""
     B, D, M = W.shape
     update = _weight_args(W, out, left, right, coef)
-    library().reslim_xw(
+    _entry("reslim_xw", x, W, out, *([left, right] if coef is not None else []))(
         B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
         out.data_ptr(), out.stride(0), float(alpha), *update, torch.get_num_threads())
 
@@ -138,7 +165,7 @@ def xwt(x: torch.Tensor, W: torch.Tensor, out: torch.Tensor, alpha: float,
     B, D, M = W.shape
     update = _weight_args(W, out, left, right, coef)
     base = out if base is None else base
-    library().reslim_xwt(
+    _entry("reslim_xwt", x, W, out, base, *([left, right] if coef is not None else []))(
         B, x.shape[-2], D, M, x.data_ptr(), _rows(x, "x"), W.data_ptr(), W.stride(0),
         out.data_ptr(), out.stride(0), base.data_ptr(), _rows(base, "base"), float(alpha),
         *update, torch.get_num_threads())

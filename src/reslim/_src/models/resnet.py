@@ -33,10 +33,13 @@ from . import kernels
 from .activations import get_activation
 
 BLOCKS = ("two-layer", "one-layer")
-#: kernels from this many block-weight elements per layer (networks x rows x cols); measured by
-#: bench/kernel_crossover.py: 1 x 96 x 96 and 5 x 45 x 45 run 3-14% faster with them, 1 x 45 x 45
-#: breaks even and 1 x 14 x 14 runs faster with torch
-KERNEL_MIN_ELEMENTS = 9_000
+#: kernels from this many block-weight elements per layer (networks x rows x cols) and this many
+#: columns, per dtype; measured by bench/kernel_crossover.py. float64: 1 x 96 x 96 and 5 x 45 x 45
+#: are about even, larger shapes faster with the kernels (1 x 45 x 2000 too). float32 (torch's
+#: GEMMs are relatively faster): 1 x 206 x 206 and 5 x 150 x 150 faster, 5 x 96 x 96, 1 x 150 x 150
+#: and 64 columns x 2000 rows faster with torch
+KERNEL_MIN_ELEMENTS = {torch.float64: 9_000, torch.float32: 40_000}
+KERNEL_MIN_COLS = {torch.float64: 1, torch.float32: 128}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -261,8 +264,11 @@ class ResNet(nn.Module):
         if self.use_kernels is False:
             return False
         cols = self.shape.M if self.block == "two-layer" else self.shape.D
-        big = self.batch_size * self.shape.D * cols >= KERNEL_MIN_ELEMENTS or self.use_kernels is True
-        return big and kernels.usable(self.W_e, n=n_samples)
+        if not kernels.usable(self.W_e, n=n_samples):
+            return False
+        return self.use_kernels is True or (
+            self.batch_size * self.shape.D * cols >= KERNEL_MIN_ELEMENTS[self.dtype]
+            and cols >= KERNEL_MIN_COLS[self.dtype])
 
     def inputs(self, X: torch.Tensor) -> torch.Tensor:
         """Samples ``(N, d_in)`` (or ``(B, N, d_in)``) as a tensor of the network's dtype."""
