@@ -1,13 +1,15 @@
-/* Fused CPU kernels for the block GEMMs of a GD step with few samples (float64).
+/* Fused CPU kernels for the block GEMMs of a GD step with few samples (float64; float32 too
+ * where the register-tiled versions build).
  *
  * With N (samples) small, x @ W and x @ W^T are memory-bound: each should read the big
  * weight W once. BLAS packs W on every call (about 3 passes); these kernels stream it once and
  * fuse the rank-N gradient update into the same pass (one read-modify-write), so a GD step of
  * a two-layer block touches U and V six times in all: the least a dense update can.
  *
- * Two implementations of each kernel: register-blocked AVX2/FMA intrinsics where the compiler
- * targets them, and portable C loops (the *_generic functions) elsewhere or with
- * -DRESLIM_GENERIC. The Python side (kernels.py) builds, loads and tests both.
+ * Two implementations of each kernel: register-tiled AVX2/FMA intrinsics (kernels_tiled.inc,
+ * for float64 and float32) where the compiler targets them, and portable float64 C loops (the
+ * *_generic functions) elsewhere or with -DRESLIM_GENERIC. The Python side (kernels.py) builds,
+ * loads and tests both.
  *
  * Layout: batch b, row-major inner matrices; strides are in elements (0 = broadcast).
  *   x: (B, N, K) with batch stride xs      W: (B, D, M) with batch stride ws
@@ -21,9 +23,10 @@
 
 /* out[b] (N, M) = alpha * x[b] (N, D) @ W[b] (D, M);
  * if coef != 0 also W[b] += coef[b] * left[b]^T (D, N) @ right[b] (N, M), after reading W. */
-__attribute__((unused)) static void xw_generic(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                    double *W, int64_t ws, double *out, int64_t os, double alpha, const double *left,
-                    int64_t ls, const double *right, int64_t rs, const double *coef, int nt) {
+__attribute__((unused)) static void xw_generic(int64_t B, int64_t N, int64_t D, int64_t M,
+        const double *x, int64_t xs, double *W, int64_t ws, double *out, int64_t os, double alpha,
+        const double *left, int64_t ls, const double *right, int64_t rs, const double *coef,
+        int nt) {
     const int64_t nblk = (M + BM - 1) / BM;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < B * nblk; ++t) {
@@ -66,10 +69,10 @@ __attribute__((unused)) static void xw_generic(int64_t B, int64_t N, int64_t D, 
 
 /* out[b] (N, D) = base[b] + alpha * x[b] (N, M) @ W[b]^T (W: (D, M)); base may be out;
  * if coef != 0 also W[b] += coef[b] * left[b]^T (D, N) @ right[b] (N, M), after reading W. */
-__attribute__((unused)) static void xwt_generic(int64_t B, int64_t N, int64_t D, int64_t M, const double *x, int64_t xs,
-                     double *W, int64_t ws, double *out, int64_t os, const double *base, int64_t bs,
-                     double alpha, const double *left, int64_t ls, const double *right,
-                     int64_t rs, const double *coef, int nt) {
+__attribute__((unused)) static void xwt_generic(int64_t B, int64_t N, int64_t D, int64_t M,
+        const double *x, int64_t xs, double *W, int64_t ws, double *out, int64_t os,
+        const double *base, int64_t bs, double alpha, const double *left, int64_t ls,
+        const double *right, int64_t rs, const double *coef, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < B * D; ++t) {
         const int64_t b = t / D, d = t % D;
