@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,7 +157,20 @@ def _rows(db):
         con.close()
 
 
-def _sigkill_and_resume(tmp_path, extra: list[str]) -> None:
+def _session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (Linux /proc; zombies excluded)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _sigkill_and_resume(tmp_path, extra: list[str], workers_exit: bool = False) -> None:
     spec = tmp_path / "sleepy.toml"
     spec.write_text(SLEEPY.format(tmp=tmp_path))
     out = tmp_path / "out"
@@ -169,12 +183,21 @@ def _sigkill_and_resume(tmp_path, extra: list[str]) -> None:
         while time.time() < deadline and proc.poll() is None and len(_rows(db)) < 3:
             time.sleep(0.05)
         assert proc.poll() is None, f"the sweep ended before it was killed: {proc.stderr.read()[-500:]}"
+        if workers_exit:
+            assert len(_session_processes(proc.pid)) > 1, "no worker processes to orphan"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        if workers_exit:  # the pool's workers notice their driver is gone and exit
+            deadline = time.time() + 20
+            while _session_processes(proc.pid) and time.time() < deadline:
+                time.sleep(0.1)
+            assert _session_processes(proc.pid) == [], "worker processes outlived their driver"
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        for pid in _session_processes(proc.pid) if workers_exit else ():
+            os.kill(pid, signal.SIGKILL)
     before = {r[0]: r for r in _rows(db)}
     n_logged = len(_executed(tmp_path))
     assert 3 <= len(before) < 14 and all(r[2] == "done" for r in before.values())
@@ -195,8 +218,10 @@ def _sigkill_and_resume(tmp_path, extra: list[str]) -> None:
         con.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_sigkill_driver_and_rerun_local(tmp_path):
-    _sigkill_and_resume(tmp_path, ["--executor", "local", "--jobs", "2"])
+    """Also: the killed driver's worker processes exit on their own, none is left behind."""
+    _sigkill_and_resume(tmp_path, ["--executor", "local", "--jobs", "2"], workers_exit=True)
 
 
 @needs_ray

@@ -128,10 +128,23 @@ class Executor(ABC):
         self.close()
 
 
-def _init_worker(threads: int) -> None:
+def _exit_with_driver(driver: int, interval: float = 0.5) -> None:
+    """Ends this worker process once its driver is gone: a driver killed by SIGKILL cannot shut
+    its pool down, and its idle workers would otherwise wait for work forever."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != driver:
+            os._exit(1)
+
+
+def _init_worker(threads: int, driver: int) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_driver, args=(driver,), name="reslim-driver-watch",
+                     daemon=True).start()
 
 
 class LocalExecutor(Executor):
@@ -167,7 +180,8 @@ class LocalExecutor(Executor):
             import multiprocessing as mp
 
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads,))
+                                             initializer=_init_worker,
+                                             initargs=(self.threads, os.getpid()))
         return self._pool
 
     def run(self, tasks: Sequence[Task]) -> Iterator[TaskOutcome]:
