@@ -28,6 +28,7 @@ import torch
 _SOURCE = Path(__file__).with_name("kernels.c")
 _INCLUDES = [Path(__file__).with_name("kernels_tiled.inc")]
 _lib: ctypes.CDLL | None = None
+_dtypes: tuple[torch.dtype, ...] = ()  # what the loaded library takes, set once by library()
 _tried = False
 _error: str | None = None
 
@@ -80,7 +81,7 @@ def _build() -> ctypes.CDLL:
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, building them once; None where unavailable (see :data:`error`)."""
-    global _lib, _tried, _error
+    global _lib, _dtypes, _tried, _error
     if not _tried:
         _tried = True
         if os.environ.get("RESLIM_KERNELS", "1") == "0":
@@ -88,6 +89,7 @@ def library() -> ctypes.CDLL | None:
         else:
             try:
                 _lib = _build()
+                _dtypes = (torch.float64, torch.float32) if _lib.reslim_has_float32() else (torch.float64,)
             except (OSError, RuntimeError) as err:
                 _error = str(err)
     return _lib
@@ -99,17 +101,15 @@ def available() -> bool:
 
 def dtypes() -> tuple[torch.dtype, ...]:
     """The element types the loaded kernels take (none where unavailable)."""
-    lib = library()
-    if lib is None:
-        return ()
-    return (torch.float64, torch.float32) if lib.reslim_has_float32() else (torch.float64,)
+    library()
+    return _dtypes
 
 
 def usable(*tensors: torch.Tensor, n: int) -> bool:
     """Whether the kernels apply: CPU tensors of a dtype they take and at most NMAX samples."""
     lib = library()
     return (lib is not None and n <= lib.reslim_nmax()
-            and all(t.device.type == "cpu" and t.dtype in dtypes() for t in tensors))
+            and all(t.device.type == "cpu" and t.dtype in _dtypes for t in tensors))
 
 
 def _entry(name: str, *tensors: torch.Tensor):
@@ -118,9 +118,8 @@ def _entry(name: str, *tensors: torch.Tensor):
     if any(t.dtype != dtype for t in tensors):
         raise ValueError(f"{name}: all tensors must have one dtype, got {[t.dtype for t in tensors]}")
     if dtype not in dtypes():
-        raise ValueError(f"{name}: no kernels for {dtype} here (have {list(dtypes())})")
-    lib = library()
-    return getattr(lib, name) if dtype == torch.float64 else getattr(lib, name + "_f32")
+        raise ValueError(f"{name}: no kernels for {dtype} here (have {list(_dtypes)})")
+    return getattr(_lib, name) if dtype == torch.float64 else getattr(_lib, name + "_f32")
 
 
 def _bstride(t: torch.Tensor) -> int:
