@@ -31,7 +31,7 @@ def _problem(D=8, B=1, N=2, K=3, seed=0, **kw):
 def test_registry_names_and_instances():
     assert {"mean-ode", "large-d", "reference"} <= set(available_limits())
     assert isinstance(get_limit("mean-ode", S=8), MeanODE)
-    assert get_limit("large-d").S == 32
+    assert get_limit("large-d").depth_steps("identity") == 32 and get_limit("large-d").depth_steps("tanh") == 16
     with pytest.raises(ValueError, match="unknown limit"):
         get_limit("nope")
 
@@ -77,15 +77,26 @@ def test_problem_rejects_bad_embeddings():
     assert p.W_e.shape == (1, 4, 3) and p.D == 4 and p.B == 1
 
 
-def test_limits_check_activation_and_embeddings():
-    with pytest.raises(ValueError, match="activation"):
-        MeanODE().solve(_problem(activation="tanh"))
-    with pytest.raises(ValueError, match="activation"):
-        LargeDLimit().solve(_problem(activation="tanh"))
+def test_limits_check_activation_options_and_embeddings():
+    # exact moments exist for identity only; the sampled method takes any activation
+    with pytest.raises(ValueError, match="^method: exact moments exist for identity only"):
+        MeanODE(method="exact").solve(_problem(activation="tanh"))
+    with pytest.raises(ValueError, match="^method: exact moments"):
+        LargeDLimit(method="exact").solve(_problem(activation="relu"))
+    with pytest.raises(ValueError, match="^activation: Only solves identity only"):
+        class Only(ReferenceNetwork):
+            activations = ("identity",)
+        Only((2, 2, 8)).solve(_problem(activation="tanh"))
     with pytest.raises(ValueError, match="W_e"):
         MeanODE().solve(LimitProblem(linear_teacher(N=1), K=1))
-    with pytest.raises(ValueError, match="S"):
-        MeanODE(S=0)
+    for bad, field in (({"S": 0}, "^S must"), ({"samples": 1000}, "^samples must"),
+                       ({"samples": 0}, "^samples must"), ({"replicas": 0}, "^replicas must"),
+                       ({"method": "mc"}, "^method must"), ({"seed": 1.5}, "^seed must"),
+                       ({"device": ""}, "^device must")):
+        with pytest.raises(ValueError, match=field):
+            MeanODE(**bad)
+        with pytest.raises(ValueError, match=field):
+            get_limit("large-d", **bad)
 
 
 def test_same_trajectory_kind_for_every_limit():

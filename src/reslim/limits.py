@@ -11,18 +11,12 @@ activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.T
     embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
 """
 
-from ._src.limits.base import (
-    Limit,
-    LimitProblem,
-    available_limits,
-    get_limit,
-    register_limit,
-    solve,
-)
+from ._src.limits.base import Limit, LimitProblem
 from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance, output_rms
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
 from ._src.limits.reference import ReferenceNetwork
+from ._src.limits.solvers import SOLVERS, available_limits, get_limit, register_limit, solve
 
 __all__ = [
     "LargeDLimit",

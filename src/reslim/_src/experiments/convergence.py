@@ -94,7 +94,7 @@ class LimitReference(StrictModel):
 
     @model_validator(mode="after")
     def _known(self) -> LimitReference:
-        from ..limits.base import get_limit
+        from ..limits.solvers import get_limit
 
         try:  # unknown names and options fail here, before any run
             get_limit(self.name, **self.options)
@@ -241,7 +241,8 @@ class Convergence(ExperimentKind):
 
     def _execute_limit(self, run: Run) -> RunResult:
         """Hook for an exact limit as the reference (``reslim.limits``)."""
-        from ..limits.base import LimitProblem, get_limit
+        from ..limits.base import LimitProblem
+        from ..limits.solvers import get_limit
 
         c = run.config
         t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """The limit interface: a :class:`LimitProblem` (what a finite network is given) and the
-:class:`Limit` base class with a name registry, in the spirit of torchdiffeq's solver table.
+:class:`Limit` base class. The table of named solvers is in :mod:`.solvers`, beside them.
 
 A limit solves a problem and returns the same :class:`~reslim.Trajectory` a finite network
 produces with :func:`reslim.train`: step ``k`` is the model after ``k`` GD updates.
@@ -153,46 +153,3 @@ class Limit(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-_REGISTRY: dict[str, type[Limit]] = {}
-
-
-def register_limit(name: str, cls: type[Limit] | None = None):
-    """Register ``cls`` under ``name``; usable as ``@register_limit("name")``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-
-    def add(c: type[Limit]) -> type[Limit]:
-        if not (isinstance(c, type) and issubclass(c, Limit)):
-            raise ValueError(f"cls must be a Limit subclass, got {c!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not c:
-            raise ValueError(f"name {name!r} is already registered to {_REGISTRY[name].__name__}")
-        _REGISTRY[name] = c
-        if not c.name:
-            c.name = name
-        return c
-
-    return add if cls is None else add(cls)
-
-
-def _load_builtins() -> None:
-    from . import large_d, mean_ode, reference  # noqa: F401  (they register themselves)
-
-
-def available_limits() -> tuple[str, ...]:
-    _load_builtins()
-    return tuple(sorted(_REGISTRY))
-
-
-def get_limit(name: str, **options) -> Limit:
-    """An instance of the limit registered as ``name``, built with ``options``."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown limit {name!r}; registered: {', '.join(available_limits())}")
-    return _REGISTRY[name](**options)
-
-
-def solve(problem: LimitProblem, method: str = "mean-ode", **options) -> Trajectory:
-    """``get_limit(method, **options).solve(problem)``."""
-    return get_limit(method, **options).solve(problem)

@@ -1,7 +1,12 @@
-"""The large-D limit of linear MLU ResNets (theory.md §2.2; Chaintron, Chizat, Maass,
-arXiv 2603.18168), for any number N of training samples.
+"""The large-D limit of MLU ResNets (theory.md §2.2; Chaintron, Chizat, Maass, arXiv 2603.18168),
+for any activation and any number N of training samples.
 
-Derivation (see :mod:`.linear`). At fixed D the Mean ODE keeps h_k(s) = Q a_k(s) and
+Any activation (see :mod:`.span`): the fixed-D Mean ODE depends on the draw only through
+G_D = E^T E / D, and G_D -> G_oo at rate D^{-1/2}; the large-D limit is the same reduced system
+with G = G_oo, one deterministic solution for every D and every draw. Coordinate d is
+H_d(s) = a(s)^T z_d, Gaussian given the data, exactly as below.
+
+Identity activation, derivation (see :mod:`.linear`). At fixed D the Mean ODE keeps h_k(s) = Q a_k(s) and
 b_k(s) = Q c_k(s) with Q = [W_e, W_u], and depends on D only through G = Q^T Q / D. With i.i.d.
 N(0, s_e^2) entries in W_e and N(0, s_u^2) in W_u, G -> G_oo = blockdiag(s_e^2 I_{d_in},
 s_u^2 I_{d_out}) at rate D^{-1/2}, so the limit is the same closed system with G = G_oo:
@@ -24,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..training.trajectory import Trajectory
-from .base import Limit, LimitProblem, register_limit
-from .linear import LinearCoefficients, solve_linear
-from .mean_ode import coefficients_trajectory
+from .base import LimitProblem
+from .coefficients import Coefficients
+from .span_limit import SpanLimit, coefficients_trajectory
 
 
 def limit_gram(d_in: int, d_out: int, embed_std: float = 1.0, readout_std: float = 1.0) -> np.ndarray:
@@ -37,15 +42,21 @@ def limit_gram(d_in: int, d_out: int, embed_std: float = 1.0, readout_std: float
 class LargeDSolution:
     """The solved large-D limit of one problem: outputs, laws, kernels and single sites.
 
-    Attributes: ``coef`` (:class:`LinearCoefficients`, B = 1), ``G`` (p, p), ``depth`` (S+1,).
+    Attributes: ``coef`` (:class:`Coefficients`, B = 1), ``G`` (p, p), ``depth`` (S+1,).
+    ``stderr``: the sampled solver's standard errors (``output_stderr``, ``h_last_stderr``,
+    ``hidden_stderr``, each (K+1,)); empty for the exact solver.
     """
 
-    def __init__(self, problem: LimitProblem, coef: LinearCoefficients, G: np.ndarray) -> None:
+    def __init__(self, problem: LimitProblem, coef: Coefficients, G: np.ndarray) -> None:
         self.problem, self.coef, self.G = problem, coef, G
 
     @property
     def depth(self) -> np.ndarray:
         return self.coef.depth
+
+    @property
+    def stderr(self) -> dict[str, np.ndarray]:
+        return {k: v[:, 0] for k, v in self.coef.info.items() if k.endswith("_stderr")}
 
     @property
     def outputs(self) -> np.ndarray:
@@ -97,37 +108,40 @@ class LargeDSolution:
                 "Lambda_HB": np.einsum("jspm,kspn->sjmkn", a, gc)}
 
 
-@register_limit("large-d")
-class LargeDLimit(Limit):
-    """D -> oo after L, M -> oo, identity activation: deterministic kernels and single sites.
+class LargeDLimit(SpanLimit):
+    """D -> oo after L, M -> oo, any activation (options: :class:`SpanLimit`): deterministic
+    kernels and single sites.
 
-    ``S``: RK4 depth steps (grid ``i / S``). :meth:`solve` returns outputs f_k broadcast to the
-    problem's ``B`` draws; when the problem carries ``W_e``, ``W_u`` the embedding records
-    (``h_last``, ``hidden``, ``backward``) are the single sites H_d(s) of those rows, else None.
+    :meth:`solve` returns outputs f_k broadcast to the problem's ``B`` draws; when the problem
+    carries ``W_e``, ``W_u`` the embedding records (``h_last``, ``hidden``, ``backward``) are the
+    single sites H_d(s) of those rows, else None. The solution does not depend on D nor on the
+    draw: one solve serves every shape and repetition (:meth:`solution` caches the last one).
     """
 
-    activations = ("identity",)
+    name = "large-d"
 
-    def __init__(self, S: int = 32, record_hidden: bool = True) -> None:
-        if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or S < 1:
-            raise ValueError(f"S must be a positive integer, got {S!r}")
-        self.S, self.record_hidden = int(S), bool(record_hidden)
-        self._cache: tuple[LimitProblem, LargeDSolution] | None = None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache: tuple[tuple, LargeDSolution] | None = None
+
+    @staticmethod
+    def _key(problem: LimitProblem) -> tuple:
+        d = problem.data
+        return (d.X.tobytes(), d.Y.tobytes(), problem.K, problem.eta, problem.alpha, problem.loss,
+                problem.activation, problem.embed_std, problem.readout_std)
 
     def solution(self, problem: LimitProblem) -> LargeDSolution:
-        """Solve (or reuse the last solve of this very ``problem`` object)."""
-        if self._cache is not None and self._cache[0] is problem:
+        """Solve (or reuse the last solve of a problem equal but for W_e, W_u)."""
+        if not isinstance(problem, LimitProblem):
+            raise ValueError(f"problem must be a LimitProblem, got {type(problem).__name__}")
+        key = self._key(problem)
+        if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        if problem.activation not in self.activations:
-            raise ValueError(f"activation: LargeDLimit solves identity only, got {problem.activation!r}")
         G = limit_gram(problem.d_in, problem.d_out, problem.embed_std, problem.readout_std)
-        coef: LinearCoefficients = solve_linear(
-            problem.data.X, problem.data.Y, G[None], K=problem.K, eta=problem.eta, alpha=problem.alpha,
-            loss_scale=problem.loss_scale, S=self.S)
+        coef = self.reduced(problem, G[None])
         sol = LargeDSolution(problem, coef, G)
-        self._cache = (problem, sol)
+        self._cache = (key, sol)
         return sol
-
     def single_site(self, problem: LimitProblem, W_e_rows: np.ndarray, W_u_rows: np.ndarray,
                     depths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """See :meth:`LargeDSolution.single_site`."""
@@ -148,6 +162,3 @@ class LargeDLimit(Limit):
             Q = np.concatenate([problem.W_e, problem.W_u], axis=2)
         return coefficients_trajectory(sol.coef, problem, Q, self.record_hidden,
                                        {"limit": "large-d", "D": problem.D})
-
-    def __repr__(self) -> str:
-        return f"LargeDLimit(S={self.S})"

@@ -33,69 +33,11 @@ slopes (local error O(S^-4)). The scheme is fourth order in 1/S, step by step in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from .coefficients import Coefficients
 
-@dataclass
-class LinearCoefficients:
-    """Solution of the reduced linear dynamics for ``B`` Gram matrices ``G``.
-
-    - ``a``, ``c``: (K+1, B, 2S+1, p, N) forward / backward coefficients on the fine grid
-      ``fine_depth`` (j / 2S); h_k(s) = Q a_k(s), b_k(s) = Q c_k(s)
-    - ``da``, ``dc``: same shapes, their depth derivatives
-    - ``Sigma``: (K+1, B, 2S+1, 2p, 2p) the reduced second moments S_k(s)
-    - ``outputs``: (K+1, B, N, d_out); ``loss``: (K+1, B); ``diverged_at``: (B,)
-    - ``G``: (B, p, p); ``d_in``: number of input rows of the p coordinates
-    """
-
-    a: np.ndarray
-    c: np.ndarray
-    da: np.ndarray
-    dc: np.ndarray
-    Sigma: np.ndarray
-    outputs: np.ndarray
-    loss: np.ndarray
-    diverged_at: np.ndarray
-    G: np.ndarray
-    d_in: int
-    S: int
-    info: dict = field(default_factory=dict)
-
-    @property
-    def K(self) -> int:
-        return self.a.shape[0] - 1
-
-    @property
-    def depth(self) -> np.ndarray:
-        """(S+1,) the output grid i / S."""
-        return np.linspace(0.0, 1.0, self.S + 1)
-
-    @property
-    def fine_depth(self) -> np.ndarray:
-        return np.linspace(0.0, 1.0, 2 * self.S + 1)
-
-    def on_grid(self, name: str) -> np.ndarray:
-        """``a`` or ``c`` at the output grid: (K+1, B, S+1, p, N)."""
-        return getattr(self, name)[:, :, ::2]
-
-    def at_depths(self, name: str, depths: np.ndarray) -> np.ndarray:
-        """``a`` or ``c`` at arbitrary depths in [0, 1] (piecewise cubic Hermite on the fine
-        grid, fourth order): (K+1, B, len(depths), p, N)."""
-        s = np.asarray(depths, dtype=np.float64).ravel()
-        if s.size and (s.min() < -1e-12 or s.max() > 1 + 1e-12):
-            raise ValueError("depths must lie in [0, 1]")
-        y, dy = getattr(self, name), getattr(self, "d" + name)
-        n = 2 * self.S
-        h = 1.0 / n
-        i = np.clip(np.floor(s * n).astype(int), 0, n - 1)
-        t = (s - i * h) / h
-        h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
-        h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
-        w = lambda v: v[None, None, :, None, None]  # noqa: E731
-        return (w(h00) * y[:, :, i] + w(h10 * h) * dy[:, :, i] + w(h01) * y[:, :, i + 1]
-                + w(h11 * h) * dy[:, :, i + 1])
+LinearCoefficients = Coefficients  # the exact solver's record (same class as the sampled one's)
 
 
 def _rk4_sweep(F: np.ndarray, y0: np.ndarray, S: int, backward: bool):
@@ -134,7 +76,7 @@ def _rk4_sweep(F: np.ndarray, y0: np.ndarray, S: int, backward: bool):
 
 
 def solve_linear(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: float, alpha: float,
-                 loss_scale: float, S: int) -> LinearCoefficients:
+                 loss_scale: float, S: int) -> Coefficients:
     """Solve the reduced dynamics (module docstring) for ``G`` (B, p, p), p = d_in + d_out.
 
     ``X`` (N, d_in), ``Y`` (N, d_out); ``loss_scale`` = c_loss (1 or d_out). Networks whose
@@ -194,5 +136,5 @@ def solve_linear(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: fl
         k0 = diverged_at[b]
         for arr in (a, c, da, dc, Sig_hist, outputs, loss):
             arr[k0:, b] = np.nan
-    return LinearCoefficients(a=a, c=c, da=da, dc=dc, Sigma=Sig_hist, outputs=outputs, loss=loss,
+    return Coefficients(a=a, c=c, da=da, dc=dc, Sigma=Sig_hist, outputs=outputs, loss=loss,
                               diverged_at=diverged_at, G=G, d_in=d_in, S=int(S))

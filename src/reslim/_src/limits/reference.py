@@ -13,10 +13,9 @@ from ..scaling.parameterization import get_parameterization
 from ..scaling.shapes import Shape
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
-from .base import Limit, LimitProblem, register_limit
+from .base import Limit, LimitProblem
 
 
-@register_limit("reference")
 class ReferenceNetwork(Limit):
     """A finite MLU ResNet of ``shape`` (``D`` must match the problem's ``W_e``), one network
     per seed in ``seeds``, trained by full-batch GD with :func:`reslim.train`.
@@ -25,6 +24,8 @@ class ReferenceNetwork(Limit):
     (``B = 1``: shared by all seeds; else ``B = len(seeds)``). Records ``hidden`` on the depth
     grid ``l / L``; ``backward`` is ``None``.
     """
+
+    name = "reference"
 
     def __init__(self, shape: Shape | str | tuple, seeds: Sequence[int] = (0,), dtype: str = "float64",
                  device: str = "cpu") -> None:
