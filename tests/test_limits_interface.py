@@ -31,7 +31,8 @@ def _problem(D=8, B=1, N=2, K=3, seed=0, **kw):
 def test_registry_names_and_instances():
     assert {"mean-ode", "large-d", "reference"} <= set(available_limits())
     assert isinstance(get_limit("mean-ode", S=8), MeanODE)
-    assert get_limit("large-d").depth_steps("identity") == 32 and get_limit("large-d").depth_steps("tanh") == 16
+    large = get_limit("large-d")
+    assert large.depth_steps("identity") == 32 and large.depth_steps("tanh") == 16
     with pytest.raises(ValueError, match="unknown limit"):
         get_limit("nope")
 

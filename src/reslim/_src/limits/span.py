@@ -16,7 +16,7 @@ so it drops out of every expectation. With z = u~ . a = u^T h / D, w = v~ . c = 
 g = eta / (alpha N):
 
     da_{k,n}/ds =  alpha E[ v~ sigma(z_{k,n}) ],                  a_{k,n}(0) = Phi^T (x_n; 0)
-    dc_{k,n}/ds = -alpha E[ u~ sigma'(z_{k,n}) w_{k,n} ],         c_{k,n}(1) = Phi_out^T (y_{k,n} - Y_n) / c_loss
+    dc_{k,n}/ds = -alpha E[ u~ sigma'(z_{k,n}) w_{k,n} ],   c_{k,n}(1) = Phi_out^T (y_{k,n} - Y_n) / c_loss
     y_{k,n} = Phi_out a_{k,n}(1)          (Phi_out = the last d_out rows of Phi)
     update at every depth s:  u~ <- u~ - g sum_n a_{k,n} sigma'(z_{k,n}) w_{k,n},
                               v~ <- v~ - g sum_n c_{k,n} sigma(z_{k,n}).
@@ -201,7 +201,8 @@ class _Sweeps:
 def solve_span(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: float, alpha: float,
                loss_scale: float, S: int, activation: str, samples: int = 16384, replicas: int = 4,
                seed: int = 0, antithetic: bool = True, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float64, memory: float = 5e8, stein: bool = True) -> Coefficients:
+               dtype: torch.dtype = torch.float64, memory: float = 5e8,
+               stein: bool = True) -> Coefficients:
     """Solve the span-reduced Mean ODE (module docstring) for ``G`` (B, r, r), r = d_in + d_out.
 
     ``X`` (N, d_in), ``Y`` (N, d_out); ``loss_scale`` = c_loss (1 or d_out); ``samples`` unit

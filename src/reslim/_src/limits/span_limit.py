@@ -122,7 +122,8 @@ class SpanLimit(Limit):
         s = "" if self.S is None else f"S={self.S}, "
         if self.method == "exact":
             return f"{s}method='exact'"
-        return f"{s}method={self.method!r}, samples={self.samples}, replicas={self.replicas}, seed={self.seed}"
+        return (f"{s}method={self.method!r}, samples={self.samples}, replicas={self.replicas}, "
+                f"seed={self.seed}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._options()})"
