@@ -278,7 +278,8 @@ def solve_span(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: floa
         for arr in (a, c, da, dc, outputs, loss, se_y, se_h1, se_h):
             arr[k0:, b] = np.nan
     info = {"method": "sampled", "samples": samples, "replicas": R, "seed": int(seed),
-            "antithetic": bool(antithetic), "stein": bool(stein), "output_stderr": se_y, "h_last_stderr": se_h1,
+            "antithetic": bool(antithetic), "stein": bool(stein), "output_stderr": se_y,
+            "h_last_stderr": se_h1,
             "hidden_stderr": se_h}
     return Coefficients(a=a, c=c, da=da, dc=dc, Sigma=None, outputs=outputs, loss=loss,
                         diverged_at=diverged_at, G=G, d_in=d_in, S=S, info=info)
