@@ -3,9 +3,10 @@
 A :class:`LimitProblem` carries what a finite MLU network is given (data, eta, alpha, K, loss,
 activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.Trajectory`::
 
-    Limit, LimitProblem, register_limit, get_limit, available_limits, solve
-    MeanODE(S=32)              "mean-ode"   L, M -> oo at fixed D (identity), exact
-    LargeDLimit(S=32)          "large-d"    then D -> oo (identity): outputs, laws, kernels, single sites
+    Limit, LimitProblem, register_limit, get_limit, available_limits, solve, SOLVERS (the table)
+    MeanODE(...)               "mean-ode"   L, M -> oo at fixed D, any activation (exact for identity,
+                                            sampled units in span(W_e, W_u) otherwise)
+    LargeDLimit(...)           "large-d"    then D -> oo, any activation: outputs, laws, kernels, single sites
     ReferenceNetwork(shape, seeds)  "reference"  a large finite network (any activation)
     LargeDSolution             what LargeDLimit.solution(problem) returns
     embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
@@ -25,6 +26,7 @@ __all__ = [
     "LimitProblem",
     "MeanODE",
     "ReferenceNetwork",
+    "SOLVERS",
     "available_limits",
     "embedding_error",
     "embedding_rms",
