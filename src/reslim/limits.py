@@ -17,7 +17,7 @@ from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
 from ._src.limits.reference import ReferenceNetwork
-from ._src.limits.solvers import available_limits, get_limit, register_limit, solve
+from ._src.limits.solvers import SOLVERS, available_limits, get_limit, register_limit, solve
 
 __all__ = [
     "LargeDLimit",
