@@ -86,7 +86,14 @@ class NetworkReference(StrictModel):
 
 
 class LimitReference(StrictModel):
-    """An exact limit from ``reslim.limits``: ``get_limit(name, **options).solve(problem)``."""
+    """A limit from ``reslim.limits`` (``get_limit(name, **options)``), e.g. the exact large-D
+    limit ``{kind = "limit", name = "large-d"}`` (any activation; ``options`` such as
+    ``samples``, ``S``, ``seed`` pass through to the solver).
+
+    ``large-d`` is solved once for all repetitions (its solution depends on neither ``W_e``,
+    ``W_u`` nor ``D``); each repetition's reference ``h_L`` is the single sites ``H_d(1)`` of its
+    own rows of ``W_e``, ``W_u`` at ``D = max(grid.D)``. Other limits are solved with the
+    repetitions' ``W_e``, ``W_u`` as ``B`` draws of one problem."""
 
     kind: Literal["limit"] = "limit"
     name: str
@@ -94,13 +101,45 @@ class LimitReference(StrictModel):
 
     @model_validator(mode="after")
     def _known(self) -> LimitReference:
-        from ..limits.solvers import get_limit
-
         try:  # unknown names and options fail here, before any run
-            get_limit(self.name, **self.options)
+            self.build()
         except (ValueError, TypeError) as err:
             raise ValueError(str(err).splitlines()[0]) from None
         return self
+
+    def build(self):
+        """The limit instance (one per name and options in a process: its solve cache is kept)."""
+        return _limit_instance(self.name, self.options)
+
+    def check_activation(self, activation: str) -> None:
+        """Raise a one-line ``ValueError`` naming the field if the limit cannot solve ``activation``."""
+        limit = self.build()
+        allowed = getattr(limit, "activations", None)
+        if allowed is not None and activation not in allowed:
+            raise ValueError(f"reference.name: limit {self.name!r} ({type(limit).__name__}) solves "
+                             f"{', '.join(allowed)} only, not model.activation = {activation!r}")
+        method_for = getattr(limit, "method_for", None)
+        if method_for is not None:
+            try:
+                method_for(activation)
+            except ValueError as err:
+                msg = str(err).splitlines()[0].removeprefix("method: ")
+                raise ValueError(f"reference.options.method: {msg} (model.activation)") from None
+
+
+_LIMITS: dict[str, Any] = {}
+
+
+def _limit_instance(name: str, options: dict[str, Any]):
+    from ..limits.solvers import get_limit
+    from .registry import canonical_json
+
+    key = canonical_json({"name": name, "options": options})
+    if key not in _LIMITS:
+        if len(_LIMITS) >= 8:
+            _LIMITS.clear()
+        _LIMITS[key] = get_limit(name, **options)
+    return _LIMITS[key]
 
 
 Reference = Annotated[NetworkReference | LimitReference, Field(discriminator="kind")]
@@ -133,6 +172,8 @@ class ConvergenceSpec(SpecBase):
         if isinstance(self.reference, NetworkReference) and self.reference.shape[2] < max(self.grid.D):
             raise ValueError(f"reference.shape: D = {self.reference.shape[2]} is smaller than the "
                              f"largest grid D = {max(self.grid.D)}")
+        if isinstance(self.reference, LimitReference):
+            self.reference.check_activation(self.model.activation)
         if not -self.train.steps - 1 <= self.analysis.step <= self.train.steps:
             raise ValueError(f"analysis.step must be in -{self.train.steps + 1}..{self.train.steps}")
         return self
@@ -208,7 +249,8 @@ class Convergence(ExperimentKind):
             mem = 2.5 * L * M * D * itemsize + 4 * (K + 1) * N * D * 8 * 2
             label = f"{config['role']} (L={L}, M={M}, D={D})"
         else:
-            cost, mem, label = 1e9, 0.0, f"reference limit {config['reference']['name']}"
+            # the limit is solved once per task: roughly 2 s of the sampled large-D solver in all
+            cost, mem, label = 5e10, 0.0, f"reference limit {config['reference']['name']}"
         return Run("convergence", config, group=run_key(batch_fields), stage=stage, cost=cost,
                    mem=mem, label=label)
 
@@ -216,7 +258,7 @@ class Convergence(ExperimentKind):
     def execute(self, runs: list[Run]) -> list[RunResult]:
         c = runs[0].config
         if c["role"] == "reference" and c["reference"]["kind"] == "limit":
-            return [self._execute_limit(r) for r in runs]
+            return self._execute_limit(runs)
         t0 = time.perf_counter()
         param = ParamSpec.model_validate(c["model"]["param"]).build()
         coupled = c["embed_seed"] is not None
@@ -239,26 +281,71 @@ class Convergence(ExperimentKind):
         metrics = {"diverged_at": div, "final_loss": float(traj.loss[-1, 0])}
         return RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays, seconds=seconds)
 
-    def _execute_limit(self, run: Run) -> RunResult:
-        """Hook for an exact limit as the reference (``reslim.limits``)."""
-        from ..limits.base import LimitProblem
-        from ..limits.solvers import get_limit
+    def _execute_limit(self, runs: list[Run]) -> list[RunResult]:
+        """The limit reference of every repetition in ``runs``, from one solve.
 
-        c = run.config
+        The large-D limit is solved once (its solution depends on neither ``W_e``, ``W_u`` nor
+        ``D``; :meth:`LargeDLimit.solution` caches it); repetition ``r``'s ``h_L`` is the single
+        sites ``H_d(1)`` of its own rows of ``W_e``, ``W_u`` at ``D_max`` (the grid's networks of
+        dimension ``D`` use the first ``D`` rows). Any other limit solves the repetitions' draws as
+        one batched problem. The solver's error estimates go to each run's metrics."""
+        from ..limits.base import LimitProblem
+        from ..limits.large_d import LargeDLimit
+
+        c = runs[0].config
         t0 = time.perf_counter()
         param = ParamSpec.model_validate(c["model"]["param"]).build()
         D, d_in, d_out = c["embed_dim_max"], c["data"]["d_in"], c["data"]["d_out"]
-        net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out, seeds=[c["seed"]],
-                     embed_seed=c["embed_seed"], embed_dim_max=D)
-        W_e = (net.W_e * net.mult("embed")).detach().numpy()
-        W_u = (net.W_u * net.mult("readout") * D).detach().numpy()
+        net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out,
+                     seeds=[r.config["seed"] for r in runs],
+                     embed_seed=[r.config["embed_seed"] for r in runs], embed_dim_max=D)
+        W_e = (net.W_e * net.mult("embed")).detach().numpy()  # (B, D, d_in): h_0 = W_e x
+        W_u = (net.W_u * net.mult("readout") * D).detach().numpy()  # (B, D, d_out): y = W_u^T h / D
         problem = LimitProblem(
             data=_data(c), K=c["train"]["steps"], eta=c["train"]["lr"], alpha=param.alpha,
             loss=c["train"]["loss"], activation=c["model"]["activation"], W_e=W_e, W_u=W_u,
             embed_std=net.scales["embed"].init_std * net.mult("embed"),
             readout_std=net.scales["readout"].init_std * net.mult("readout") * D)
-        traj = get_limit(c["reference"]["name"], **c["reference"]["options"]).solve(problem)
-        return self._result(run, traj.select(0), time.perf_counter() - t0)
+        del net
+        limit = LimitReference.model_validate(c["reference"]).build()
+        if isinstance(limit, LargeDLimit):
+            sol = limit.solution(problem)
+            info = sol.coef.info
+            stderr = [{k: v for k, v in sol.stderr.items() if k != "hidden_stderr"}] * len(runs)
+            seconds = time.perf_counter() - t0
+            results = []
+            for b, run in enumerate(runs):
+                t1 = time.perf_counter()
+                H, _ = sol.single_site(W_e[b], W_u[b], depths=np.array([1.0]))  # (K+1, 1, D, N)
+                div = int(sol.coef.diverged_at[0])
+                arrays = {"loss": sol.loss.copy(), "outputs": sol.outputs.copy(),
+                          "h_last": np.ascontiguousarray(np.swapaxes(H[:, 0], 1, 2))}  # (K+1, N, D)
+                metrics = {"diverged_at": div, "final_loss": float(sol.loss[-1])}
+                results.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays,
+                                         seconds=time.perf_counter() - t1))
+        else:
+            hidden = getattr(limit, "record_hidden", None)
+            try:  # only h_L is needed: (K+1, B, S+1, N, D) hidden states would be wasted
+                if hidden is not None:
+                    limit.record_hidden = False
+                traj = limit.solve(problem)
+            finally:
+                if hidden is not None:
+                    limit.record_hidden = hidden
+            info = traj.meta
+            stderr = [{k: np.asarray(traj.meta[k])[:, b] for k in ("output_stderr", "h_last_stderr")
+                       if k in traj.meta} for b in range(len(runs))]
+            seconds = time.perf_counter() - t0
+            results = [self._result(run, traj.select(b), 0.0) for b, run in enumerate(runs)]
+        solver = {"limit": c["reference"]["name"], "solve_seconds": seconds, "solved_together": len(runs)}
+        solver.update({k: info[k] for k in ("method", "samples", "replicas", "seed") if k in info})
+        for res, errs in zip(results, stderr, strict=True):
+            res.metrics.update(solver)
+            for name, v in errs.items():  # (K+1,): the solver's own standard errors per step
+                res.metrics[name] = _jsonable(v)
+                res.metrics[name + "_final"] = _jsonable(v[-1])
+            res.seconds += seconds / len(runs)
+        return results
 
     # --- driver-side post-processing ----------------------------------------------------------
     def _reference(self, key: str, store) -> dict[str, np.ndarray]:

@@ -19,6 +19,12 @@ TERM_BACKGROUND = {
     "embedding": {"M": ("constant",), "D": ("linear",)},  # b^2 D/(LM) is linear in D
     "output": {"M": ("constant",), "D": ("quadratic",)},  # b^2 (D/(LM))^2 is quadratic in D
 }
+#: the same against an exact (L = oo) limit: no floor, but the Euler term a^2/L^2 no longer cancels
+#: with the reference's, so it joins the background along D (along M it is in the constant already)
+LIMIT_TERM_BACKGROUND = {
+    "embedding": {"M": ("constant",), "D": ("constant", "linear")},
+    "output": {"M": ("constant",), "D": ("constant", "quadratic")},
+}
 
 
 @dataclass
@@ -31,6 +37,7 @@ class ConvergenceAnalysis:
     power: dict[tuple[str, str], Any] = field(default_factory=dict)  # (role, axis) -> PowerLawFit
     frontier: dict[str, pd.DataFrame] = field(default_factory=dict)
     floor: dict[str, np.ndarray] = field(default_factory=dict)  # role -> (R,) reference's err^2
+    reference: dict[str, Any] = field(default_factory=dict)  # a limit reference: solver, error estimate
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -88,12 +95,19 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
     metric = {"embedding": "embedding_error", "output": "output_error"}
     from ..experiments.convergence import PUBLISHED, THEORY_EXPONENTS, TWINS
 
+    limit_ref = spec.reference.kind == "limit"
+    if limit_ref:
+        res.reference = _limit_reference_info(kind, spec, store, step)
     for role in spec.runs:
         m = _matrix(runs, role, metric[role], reps, shapes, step)
         if getattr(spec.reference, "floor", False):
             twin = _matrix(runs, TWINS[role], metric[role], reps, [tuple(spec.reference.shape)], step)[0]
             if np.isfinite(twin).any():
                 res.floor[role] = twin**2 / 2  # E|twin - ref|^2 = 2 phi: independent, equal laws
+        # the term fits: against a finite reference with its twin-measured floor removed; against
+        # an exact limit with floor 0 (its own sampling error is reported, far below the errors)
+        term_floor = 0.0 if limit_ref else res.floor.get(role)
+        term_bg = (LIMIT_TERM_BACKGROUND if limit_ref else TERM_BACKGROUND)[role]
         sub = runs[runs["role"] == role]
         agg = pd.DataFrame(shapes, columns=list(AXES))
         agg["P"] = agg["L"] * agg["M"] * agg["D"]
@@ -104,7 +118,7 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
         agg["n_diverged"] = [int(div.get(s, 0)) for s in shapes]
         aggs.append(agg)
 
-        def fit(axis: str, fixed: dict[str, int], role=role, m=m, agg=agg):
+        def fit(axis: str, fixed: dict[str, int], role=role, m=m, agg=agg, phi=term_floor, term_bg=term_bg):
             mask = agg[axis].to_numpy() >= spec.analysis.min_size
             for k, v in fixed.items():
                 mask &= agg[k].to_numpy() == v
@@ -119,19 +133,19 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
             res.power[(role, axis)] = f
             held = ", ".join(f"{k}={v}" for k, v in fixed.items())
             fit_rows.append(_fit_row(role, axis, held, f, THEORY_EXPONENTS[role][axis]))
-            phi = res.floor.get(role)
-            if phi is None or axis not in TERM_BACKGROUND[role]:
+            if phi is None or axis not in term_bg:
                 return
-            bg = TERM_BACKGROUND[role][axis]
+            bg = term_bg[axis]
             try:
                 t = measure.fit_power_term(x, m[mask], floor=phi, background=bg,
                                            n_boot=min(spec.analysis.n_boot, 200), seed=spec.seed)
             except ValueError as err:
-                res.notes.append(f"{role} error vs {axis}, floor-corrected: no fit ({err})")
+                res.notes.append(f"{role} error vs {axis}, term fit: no fit ({err})")
                 return
             res.power[(role, axis + "|floor")] = t
+            lhs = "err^2 (floor 0: exact limit)" if limit_ref else "err^2 - floor"
             fit_rows.append(_fit_row(role, axis, held, t, THEORY_EXPONENTS[role][axis],
-                                     fit=f"term: err^2 - floor = C^2 {axis}^2p + {' + '.join(bg)}"))
+                                     fit=f"term: {lhs} = C^2 {axis}^2p + {' + '.join(bg)}"))
 
         fit("M", {"L": Lmax, "D": Dmax})
         fit("D", {"L": Lmax, "M": Mmax})
@@ -175,6 +189,60 @@ def _fit_row(role, axis, held, f, theory, published=None, fit="log-log") -> dict
             "points": f.n_points}
 
 
+def _limit_reference_info(kind, spec, store, step: int) -> dict[str, Any]:
+    """The limit reference's solver details and its own error estimate at ``step`` (RMS over
+    the repetitions' reference runs; they share one solve for the large-D limit)."""
+    recs = [r for r in kind.records(spec, store) if r.config["role"] == "reference" and r.status == "done"]
+    info: dict[str, Any] = {"name": spec.reference.name, "options": dict(spec.reference.options),
+                            "runs": len(recs)}
+    if not recs:
+        return info
+    m = recs[0].metrics
+    info.update({k: m[k] for k in ("method", "samples", "replicas", "seed", "solved_together") if k in m})
+    info["solve_seconds"] = max(float(r.metrics.get("solve_seconds", r.seconds)) for r in recs)
+    for name in ("h_last_stderr", "output_stderr"):
+        vals = [_at(r.metrics.get(name), step) for r in recs]
+        vals = [v for v in vals if math.isfinite(v)]
+        if vals:
+            info[name] = math.sqrt(float(np.mean(np.square(vals))))
+    return info
+
+
+def _reference_text(res: ConvergenceAnalysis) -> list[str]:
+    info = res.reference
+    if not info:
+        return []
+    name = info["name"]
+    what = ("the exact large-D limit (L, M -> oo, then D -> oo; theory.md §2.2, §4)" if name == "large-d"
+            else f"the limit {name!r} of reslim.limits")
+    how = ""
+    if info.get("method") == "sampled":
+        how = (f", solved by the span-reduced sampled solver ({info.get('samples')} unit samples in "
+               f"{info.get('replicas')} independent scrambles)")
+    elif info.get("method"):
+        how = f" (method {info['method']})"
+    once = ""
+    if info.get("solved_together", 0) > 1:
+        once = (f"; one solve ({info.get('solve_seconds', math.nan):.2f} s) served all "
+                f"{info['solved_together']} repetitions")
+    est = []
+    if "h_last_stderr" in info:
+        est.append(f"embedding (RMS over coordinates and samples) {info['h_last_stderr']:.2g}")
+    if "output_stderr" in info:
+        est.append(f"outputs {info['output_stderr']:.2g}")
+    text = (f"The reference is {what}{how}{once}. Each repetition's reference h_L is the limit's single "
+            "sites H_d(1) for that repetition's rows of W_e, W_u; a network of dimension D is compared on "
+            "its first D coordinates (its rows). There is no twin and no floor: the error of an exact "
+            "limit is only its sampling error")
+    if est:
+        text += (f", whose own estimate at step k = {res.step} (standard error over independent "
+                 f"scrambles) is {' and '.join(est)}")
+    text += (". Against an L = oo limit the Euler error a/L of the grid's depth no longer cancels with the "
+             "reference's: it is a constant along M and D, so the 'term' rows fit the axis's own term "
+             "with floor 0 and the theory's other terms (constant included) as non-negative background.")
+    return [text]
+
+
 def _floor_text(res: ConvergenceAnalysis) -> list[str]:
     if not res.floor:
         return []
@@ -190,13 +258,19 @@ def _floor_text(res: ConvergenceAnalysis) -> list[str]:
 def summary_lines(res: ConvergenceAnalysis) -> list[str]:
     lines = [f"fitted exponents at step k={res.step} (theory in brackets):"]
     for r in res.fits.to_dict("records"):
-        how = "" if r["fit"] == "log-log" else ", floor-corrected term"
+        how = ("" if r["fit"] == "log-log" else ", term fit, floor 0" if "floor 0" in r["fit"]
+               else ", floor-corrected term")
         lines.append(f"  {r['error']:>9} error vs {r['against']} ({r['held at']}{how}): "
                      f"{r['exponent']:+.3f} [{r['CI low']:+.3f}, {r['CI high']:+.3f}]"
                      f"  (theory {r['theory']:+.3f})")
     for role, phi in res.floor.items():
         lines.append(f"  {role} reference floor (twin): err^2 = {np.nanmean(phi):.4g} "
                      f"(RMS {math.sqrt(np.nanmean(phi)):.3g})")
+    ref = res.reference
+    if ref.get("h_last_stderr") is not None or ref.get("output_stderr") is not None:
+        lines.append(f"  reference {ref['name']} (exact limit): own error estimate at k={res.step}: "
+                     f"embedding {ref.get('h_last_stderr', math.nan):.2g}, "
+                     f"outputs {ref.get('output_stderr', math.nan):.2g}")
     for role, f in res.additive.items():
         c = f.coefficients
         lines.append(f"  {role} model err^2 = {' + '.join(f.terms)}: a={c['a']:.3g} b={c['b']:.3g} "
@@ -218,7 +292,17 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
         "in log-log with 95% bootstrap intervals over repetitions; the P fit uses the best shape "
         "at each P. Theory (theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "
         "P^(-1/6) at the compute-optimal shape; output error 1/L + D/(LM) + 1/sqrt(D), P^(-1/5).",
-        *_floor_text(res), *res.notes])
+        *_reference_text(res), *_floor_text(res), *res.notes])
+    if res.reference:
+        ref = res.reference
+        fit_sec.tables.append((f"The reference: exact limit {ref['name']!r} and its own error estimate "
+                               f"at k = {res.step}", pd.DataFrame([{
+                                   "limit": ref["name"], "method": ref.get("method", ""),
+                                   "samples": ref.get("samples", math.nan),
+                                   "replicas": ref.get("replicas", math.nan),
+                                   "solve seconds": ref.get("solve_seconds", math.nan),
+                                   "embedding stderr (RMS)": ref.get("h_last_stderr", math.nan),
+                                   "output stderr (RMS)": ref.get("output_stderr", math.nan)}])))
     if len(res.fits):
         fit_sec.tables.append(("Power-law fits beside the theory's exponents", res.fits))
     rows = []
@@ -273,9 +357,9 @@ def _loss_curves(kind, spec, store):
     role = spec.runs[0]
     per_shape: dict[tuple, list[np.ndarray]] = {}
     ref = []
-    for rec in store.records(kind="convergence", status="done"):
+    for rec in kind.records(spec, store):  # this spec's runs only (a store may hold others)
         c = rec.config
-        if c["role"] not in (role, "reference"):
+        if rec.status != "done" or c["role"] not in (role, "reference"):
             continue
         loss = store.arrays(rec.key, ["loss"]).get("loss")
         if loss is None:
