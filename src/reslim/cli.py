@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._src.cli import coord_check as _coord_check  # noqa: F401  (coord-check, phase-diagram)
 from ._src.cli import describe  # noqa: F401  (registers commands)
+from ._src.cli import info as _info  # noqa: F401  (registers `reslim info`)
 from ._src.cli import run as _run  # noqa: F401  (registers run, runs, report)
 from ._src.cli import shape as _shape  # noqa: F401  (registers `reslim shape`)
 from ._src.cli.app import app, run_app
