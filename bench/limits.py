@@ -1,18 +1,22 @@
-"""Benchmark of the exact linear limits (not a test): prints ``name: value`` lines.
+"""Benchmark of the limits (not a test): prints ``name: value`` lines.
 
-    python bench/limits.py [--quick]
+    python bench/limits.py [--quick] [--ref-shape 50,2000,2000]
 
-Times are the best of a few repeats, in seconds, float64, on this machine's CPU.
+Times are the best of a few repeats, in seconds, float64, on this machine's CPU. The
+``nonlinear_*`` lines compare, in one run, the exact large-D limit for tanh (theory.md §3.1
+setup: d_in = d_out = 5, N = 10, K = 15, eta = 1, loss "mean", W_e ~ N(0, 1/d_in),
+W_u ~ N(0, d_out), the solver's default accuracy) with training the finite reference network
+of ``--ref-shape`` (default the paper's (50, 2000, 2000)) on the same problem.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
 
-from reslim import linear_teacher
+from reslim import ResNet, Shape, gaussian_data, linear_teacher, train
 from reslim._src.limits.dense import dense_mean_ode
 from reslim.limits import LargeDLimit, LimitProblem, MeanODE
 
@@ -60,5 +64,60 @@ def main(quick: bool = False) -> None:
     print(f"max_output_diff_low_rank_vs_dense_D{D}: {diff:.2e}")
 
 
+#: the finite reference's own error in embedding space (RMS, measured by its twins on the paper
+#: grid, docs/experiments.md); the limit's error estimate should be below a tenth of it
+REFERENCE_FLOOR_RMS = 0.110
+
+
+def nonlinear(ref_shape: tuple[int, int, int]) -> None:
+    from reslim._src.experiments.convergence import _paper_param
+
+    data = gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+    pb = LimitProblem(data, K=15, eta=1.0, loss="mean", activation="tanh", embed_std=5**-0.5,
+                      readout_std=5**0.5)
+    sols = []
+
+    def solve():
+        sols.append(LargeDLimit().solution(pb))  # a fresh instance: no cached solve
+
+    t_lim = best_time(solve, 2)
+    sol = sols[-1]
+    param = _paper_param().build()
+
+    def reference():
+        net = ResNet(Shape(*ref_shape), param=param, d_in=5, d_out=5, activation="tanh", seeds=[0])
+        train(net, data, steps=15, lr=1.0, optimizer="gd", loss="mean", record=("loss", "outputs", "h_last"))
+
+    t_ref = best_time(reference, 1)
+    name = "x".join(map(str, ref_shape))
+    print(f"nonlinear_large_d_seconds: {t_lim:.3f}")
+    print(f"nonlinear_reference_network_seconds: {t_ref:.3f}")
+    print(f"nonlinear_reference_network_shape: {name}")
+    print(f"nonlinear_limit_speedup: {t_ref / t_lim:.3g}")
+    print(f"nonlinear_limit_error_estimate: {sol.stderr['h_last_stderr'][-1]:.5f}")
+    print(f"nonlinear_limit_error_estimate_target: {REFERENCE_FLOOR_RMS / 10:.4f}")
+    print(f"nonlinear_limit_output_stderr: {sol.stderr['output_stderr'][-1]:.5f}")
+    info = sol.coef.info
+    print(f"nonlinear_limit_samples: {info['samples']}")
+    print(f"nonlinear_limit_replicas: {info['replicas']}")
+    print(f"nonlinear_limit_depth_steps: {sol.coef.S}")
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        L, M, D = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ref-shape: L,M,D (three integers), got {text!r}") from None
+    if min(L, M, D) < 1:
+        raise argparse.ArgumentTypeError(f"--ref-shape must be positive, got {text!r}")
+    return L, M, D
+
+
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smaller dense comparison")
+    ap.add_argument("--ref-shape", type=_shape, default=(50, 2000, 2000),
+                    help="L,M,D of the finite tanh reference network (default 50,2000,2000)")
+    args = ap.parse_args()
+    main(quick=args.quick)
+    nonlinear(args.ref_shape)

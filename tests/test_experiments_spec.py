@@ -114,20 +114,24 @@ def test_builtin_specs_validate_and_match_the_paper():
     assert (paper.data.N, paper.data.d_in, paper.data.d_out) == (10, 5, 5)
     assert paper.reference.shape == (50, 2000, 2000) and paper.runs == ["embedding", "output"]
     assert paper.model.param.options == {"embed_init": "d_in^-0.5", "readout_init": "d_out^0.5"}
-    assert quick.kind == "convergence" and quick.reference.shape[2] >= max(quick.grid.D)
+    assert quick.kind == "convergence"
+    assert (quick.reference.kind, quick.reference.name) == ("limit", "large-d")
+
+
+NETWORK = "reference={kind='network', shape=[10, 4096, 256]}"  # the quick spec's default is the limit
 
 
 def test_run_keys_are_config_hashes_and_batches_are_equal_shapes():
     from reslim.experiments import get_experiment, plan_tasks
 
     spec = load_spec("convergence",
-                     ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3", "reference.floor=false"])
+                     ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3", NETWORK])
     kind = get_experiment("convergence")
     runs = kind.expand(spec)
     assert len(runs) == 3 + 2 * 4 * 3 and len({r.key for r in runs}) == len(runs)
     assert [r.key for r in kind.expand(spec)] == [r.key for r in runs]  # deterministic
     other = kind.expand(load_spec("convergence", ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=3",
-                                                  "reference.floor=false", "train.lr=0.5"]))
+                                                  NETWORK, "train.lr=0.5"]))
     assert not ({r.key for r in other} & {r.key for r in runs})
     tasks = plan_tasks(runs, kind.module)
     assert len(tasks) == 1 + 2 * 4  # the references, then one task per (role, shape)

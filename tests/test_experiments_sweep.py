@@ -134,7 +134,8 @@ def test_end_to_end_reslim_run_writes_the_report(tmp_path):
     out = tmp_path / "out"
     args = ["run", "convergence", "--out", str(out), "--no-progress",
             "--set", "grid.M=[2,8]", "--set", "grid.D=[2,8]", "--set", "repetitions=2",
-            "--set", "reference.shape=[10,32,8]", "--set", "train.steps=3", "--set", "analysis.n_boot=20"]
+            "--set", "reference={kind='network', shape=[10,32,8], floor=true}",
+            "--set", "train.steps=3", "--set", "analysis.n_boot=20"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "embedding error vs M" in result.output and "report.html" in result.output
@@ -161,7 +162,8 @@ def test_end_to_end_reslim_run_writes_the_report(tmp_path):
 @pytest.mark.parametrize("jobs", [2])
 def test_process_pool_gives_the_same_results(tmp_path, jobs):
     spec = load_spec("convergence", ["grid.M=[2,4]", "grid.D=[2,4]", "repetitions=2",
-                                     "reference.shape=[10,8,4]", "train.steps=2", "runs=['embedding']"])
+                                     "reference={kind='network', shape=[10,8,4], floor=true}",
+                                     "train.steps=2", "runs=['embedding']"])
     run_sweep(spec, tmp_path / "one", progress=False)
     run_sweep(spec, tmp_path / "two", jobs=jobs, progress=False)
     a = load_results(tmp_path / "one").set_index("key").sort_index()
@@ -177,10 +179,9 @@ def test_reference_floor_twins_add_runs_change_no_key_and_enter_the_fits(tmp_pat
     the analysis reports the floor and the floor-corrected term fits."""
     from reslim.experiments import get_experiment
 
-    sets = ["grid.M=[2,8,32]", "grid.D=[2,4,8]", "repetitions=2", "reference.shape=[10,32,8]",
-            "train.steps=3", "analysis.n_boot=20"]
-    base = load_spec("convergence", [*sets, "reference.floor=false"])
-    twin = load_spec("convergence", [*sets, "reference.floor=true"])
+    sets = ["grid.M=[2,8,32]", "grid.D=[2,4,8]", "repetitions=2", "train.steps=3", "analysis.n_boot=20"]
+    base = load_spec("convergence", [*sets, "reference={kind='network', shape=[10,32,8], floor=false}"])
+    twin = load_spec("convergence", [*sets, "reference={kind='network', shape=[10,32,8], floor=true}"])
     kind = get_experiment("convergence")
     a, b = kind.expand(base), kind.expand(twin)
     old = {r.key for r in a}

@@ -23,8 +23,8 @@ from reslim._src.experiments.sweep import run_sweep
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'reslim[ray]')")
 
-QUICK = ["grid.L=[4]", "grid.M=[2,4]", "grid.D=[2,4]", "repetitions=2", "reference.shape=[4,16,4]",
-         "train.steps=3", "analysis.n_boot=10"]
+QUICK = ["grid.L=[4]", "grid.M=[2,4]", "grid.D=[2,4]", "repetitions=2",
+         "reference={kind='network', shape=[4,16,4], floor=true}", "train.steps=3", "analysis.n_boot=10"]
 
 
 @pytest.fixture(scope="module")

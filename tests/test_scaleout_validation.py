@@ -23,7 +23,7 @@ from reslim._src.experiments.sweep import run_sweep
 from reslim._src.experiments.validation import InputError, check_memory, executor_options, run_bytes
 
 QUICK = ["--set", "grid.L=[2]", "--set", "grid.M=[2,4]", "--set", "grid.D=[2,4]", "--set", "repetitions=1",
-         "--set", "reference.shape=[2,8,4]", "--set", "train.steps=2"]
+         "--set", "reference={kind='network', shape=[2,8,4], floor=true}", "--set", "train.steps=2"]
 
 BAD = [  # (id, extra arguments, text the one-line error must contain)
     ("zero D", ["--set", "grid.D=[0,4]"], "grid.D.0"),
@@ -158,7 +158,7 @@ def test_real_command_line(tmp_path):
 
 def test_memory_estimate_names_the_task_and_counts_parallel_tasks():
     spec = load_spec("convergence", ["grid.L=[10]", "grid.M=[1000]", "grid.D=[1000]", "repetitions=2",
-                                     "reference.shape=[10,1000,1000]"])
+                                     "reference={kind='network', shape=[10,1000,1000], floor=true}"])
     from reslim._src.experiments.registry import get_experiment
     from reslim._src.experiments.sweep import plan_tasks
 
