@@ -4,18 +4,32 @@ and consumes :class:`TaskOutcome`\\ s as tasks complete; it alone writes the sto
 Workers call :func:`execute_task`, which never raises for a run's own error: a failing batch
 is retried run by run and each run that still raises comes back as ``failed`` with its error.
 An executor implements :meth:`Executor.run`; :class:`LocalExecutor` is the default (in-process
-for ``jobs=1``, else a spawn-started process pool).
+for ``jobs=1``, else spawn-started worker processes).
+
+The local workers and their driver exchange bytes only, never pickles: a task goes to a worker as
+JSON (:func:`encode_task`), its results come back as a JSON header (key, status, metrics, error,
+seconds, array names and sizes) followed by the arrays as ``np.save`` bytes
+(:func:`encode_results`; read with ``allow_pickle=False``), over ``multiprocessing`` pipes used
+with ``send_bytes`` / ``recv_bytes``, which never unpickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
+import struct
 import time
 import traceback
+import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .registry import Run, RunResult, get_experiment
 
@@ -128,9 +142,74 @@ class Executor(ABC):
         self.close()
 
 
+# --- messages between the driver and its local workers: JSON and np.save bytes, never pickles ---
+_HEADER = struct.Struct("<Q")
+
+
+def encode_task(task: Task, threads: int) -> bytes:
+    """A task (and the torch threads to run it with) as JSON bytes; runs' configs are JSON-able."""
+    return json.dumps({"kind": task.kind, "module": task.module, "threads": threads,
+                       "runs": [dataclasses.asdict(r) for r in task.runs]}).encode()
+
+
+def decode_task(data: bytes) -> tuple[Task, int]:
+    """Inverse of :func:`encode_task` (in the worker)."""
+    d = json.loads(data)
+    return Task(d["kind"], d["module"], tuple(Run(**r) for r in d["runs"])), int(d["threads"])
+
+
+def _npy(a: Any) -> bytes:
+    a = np.asarray(a)
+    if a.dtype.hasobject:
+        raise TypeError(f"object arrays cannot be sent (dtype {a.dtype})")
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_results(results: Sequence[RunResult]) -> bytes:
+    """Results as bytes: an 8-byte length, a JSON header (one entry per result: key, status,
+    metrics, error, seconds, ``[name, nbytes]`` of each array), then the arrays' ``np.save``
+    bytes in header order. A result that cannot be encoded (metrics that are not JSON, object
+    arrays) becomes ``failed`` with the reason."""
+    entries, blobs = [], []
+    for r in results:
+        try:
+            arrays = [(str(name), _npy(a)) for name, a in r.arrays.items()]
+            entry = json.dumps({"key": r.key, "status": r.status, "metrics": r.metrics, "error": r.error,
+                                "seconds": float(r.seconds), "arrays": [[n, len(b)] for n, b in arrays]})
+        except Exception as err:  # noqa: BLE001 - reported as the run's error
+            arrays = []
+            entry = json.dumps({"key": r.key, "status": "failed", "metrics": {}, "arrays": [],
+                                "error": f"result cannot be sent to the driver: {type(err).__name__}: {err}",
+                                "seconds": float(r.seconds or 0.0)})
+        entries.append(entry)
+        blobs.extend(b for _, b in arrays)
+    head = ("[" + ",".join(entries) + "]").encode()
+    return b"".join([_HEADER.pack(len(head)), head, *blobs])
+
+
+def decode_results(data: bytes) -> list[RunResult]:
+    """Inverse of :func:`encode_results` (in the driver): JSON and ``np.load(allow_pickle=False)``."""
+    view = memoryview(data)
+    (n,) = _HEADER.unpack_from(view)
+    pos = _HEADER.size + n
+    out = []
+    for e in json.loads(bytes(view[_HEADER.size:pos])):
+        arrays = {}
+        for name, size in e["arrays"]:
+            arrays[name] = np.load(io.BytesIO(view[pos:pos + size]), allow_pickle=False)
+            pos += size
+        out.append(RunResult(e["key"], e["status"], e["metrics"], arrays, e["error"], float(e["seconds"])))
+    if pos != len(view):
+        raise ValueError(f"malformed worker message: {len(view) - pos} trailing bytes")
+    return out
+
+
+# --- local worker processes -----------------------------------------------------------------------
 def _exit_with_driver(driver: int, interval: float = 0.5) -> None:
     """Ends this worker process once its driver is gone: a driver killed by SIGKILL cannot shut
-    its pool down, and its idle workers would otherwise wait for work forever."""
+    its workers down, and a worker in the middle of a task would otherwise finish it first."""
     while True:
         time.sleep(interval)
         if os.getppid() != driver:
@@ -138,13 +217,96 @@ def _exit_with_driver(driver: int, interval: float = 0.5) -> None:
 
 
 def _init_worker(threads: int, driver: int) -> None:
+    import signal
     import threading
 
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the driver; workers follow it
     torch.set_num_threads(threads)
     threading.Thread(target=_exit_with_driver, args=(driver,), name="reslim-driver-watch",
                      daemon=True).start()
+
+
+def _worker_main(tasks, results, threads: int, driver: int) -> None:
+    """A worker process: read tasks (JSON bytes) from ``tasks``, send their encoded results to
+    ``results``, in order; exit when the driver closes ``tasks`` or dies. A reader thread drains
+    ``tasks`` at once, so the driver never blocks on a send while this worker blocks on one."""
+    import queue
+    import threading
+
+    _init_worker(threads, driver)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(tasks.recv_bytes())
+        except (EOFError, OSError):
+            inbox.put(None)
+
+    threading.Thread(target=read, name="reslim-task-reader", daemon=True).start()
+    while (msg := inbox.get()) is not None:
+        task, n = decode_task(msg)
+        try:
+            results.send_bytes(encode_results(execute_task(task, n)))
+        except OSError:  # the driver is gone
+            return
+
+
+class _Worker:
+    """One spawn-started worker process and the driver's ends of its two one-way pipes; ``pending``:
+    the tasks sent to it, in order (the first one is running)."""
+
+    def __init__(self, ctx, threads: int, driver: int) -> None:
+        task_r, self.tasks = ctx.Pipe(duplex=False)
+        self.results, result_w = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_worker_main, args=(task_r, result_w, threads, driver),
+                                name="reslim-worker")
+        self.proc.start()
+        task_r.close()  # the child holds its own copies: the driver sees EOF when the child dies
+        result_w.close()
+        self.pending: deque[tuple[Task, int]] = deque()
+
+    def stop(self, kill: bool = False, timeout: float = 5.0) -> None:
+        self.tasks.close()  # the worker's reader sees EOF and the worker exits after its task
+        if kill:
+            self.proc.kill()
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout)
+        self.results.close()
+
+
+def _stop_workers(workers: list[_Worker], kill: bool = False) -> None:
+    for w in workers:
+        w.tasks.close()
+    for w in workers:
+        w.stop(kill)
+    workers.clear()
+
+
+_AT_EXIT = False
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # local executors that may hold workers
+
+
+def _close_all() -> None:
+    """At interpreter exit: stop the workers of every executor that was not closed."""
+    for ex in list(_OPEN):
+        ex.close()
+
+
+def _died(proc) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class LocalExecutor(Executor):
@@ -153,8 +315,10 @@ class LocalExecutor(Executor):
     ``threads``: torch threads per worker for large tasks (default: CPU count / jobs, at least
     1); tasks under ``small_task_flops`` (by their runs' ``cost``) run single-threaded, where
     intra-op threads only add overhead (8-15x slower on a busy 2-core machine).
-    ``max_retries``: resubmissions of a task whose worker process died (every task in flight
-    in the broken pool counts an attempt); then its runs are ``failed``.
+    ``max_retries``: resubmissions of a task whose worker process died (only that task counts an
+    attempt; the tasks queued behind it on that worker go to a fresh worker unchanged); then its
+    runs are ``failed``. Each worker holds at most two tasks (one running, one queued); tasks
+    and results travel as bytes (JSON and ``np.save``), never pickled.
     """
 
     name = "local"
@@ -169,63 +333,108 @@ class LocalExecutor(Executor):
         self.jobs = self.slots = jobs
         self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         self.small_task_flops = small_task_flops
-        self._pool: ProcessPoolExecutor | None = None
+        #: tasks resubmitted after their worker process died (over the executor's lifetime)
+        self.retried = 0
+        self._workers: list[_Worker] = []
+        # workers also stop when the executor is dropped, or at exit (see _new_worker)
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
+        self._finalizer.atexit = False
 
     def threads_for(self, task: Task) -> int:
         """Torch threads for ``task``: 1 for small tasks, else ``threads``."""
         return 1 if task.cost < self.small_task_flops else self.threads
 
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            import multiprocessing as mp
+    def _new_worker(self) -> _Worker:
+        import multiprocessing as mp
 
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker,
-                                             initargs=(self.threads, os.getpid()))
-        return self._pool
+        worker = _Worker(mp.get_context("spawn"), self.threads, os.getpid())
+        _OPEN.add(self)
+        global _AT_EXIT
+        if not _AT_EXIT:  # registered after multiprocessing's own exit hook, so it runs before it:
+            import atexit  # that hook joins every child, and a worker exits once its pipe closes
+
+            atexit.register(_close_all)
+            _AT_EXIT = True
+        return worker
 
     def run(self, tasks: Sequence[Task]) -> Iterator[TaskOutcome]:
         if self.jobs == 1:
             for task in tasks:
                 yield TaskOutcome(task, execute_task(task, self.threads_for(task)))
             return
-        from collections import deque
-        from concurrent.futures.process import BrokenProcessPool
+        from multiprocessing.connection import wait
 
         queue: deque[tuple[Task, int]] = deque((t, 0) for t in tasks)
-        futures: dict[Future, tuple[Task, int, ProcessPoolExecutor]] = {}
+        workers = self._workers
+        while len(workers) < self.jobs:
+            workers.append(self._new_worker())
         try:
-            while queue or futures:
-                pool = self._get_pool()
-                while queue and len(futures) < 2 * self.jobs:  # bounded: a broken pool loses little
-                    task, attempt = queue.popleft()
-                    futures[pool.submit(execute_task, task, self.threads_for(task))] = (task, attempt, pool)
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task, attempt, owner = futures.pop(fut)
+            while queue or any(w.pending for w in workers):
+                for i, w in enumerate(workers):  # one running and one queued task per worker
+                    if not w.pending and w.proc.exitcode is not None:  # died while idle
+                        w.stop()
+                        workers[i] = w = self._new_worker()
+                    while queue and len(w.pending) < 2:
+                        task, _ = queue[0]
+                        try:
+                            w.tasks.send_bytes(encode_task(task, self.threads_for(task)))
+                        except OSError:  # the worker died: noticed through its sentinel
+                            break
+                        w.pending.append(queue.popleft())
+                busy = [w for w in workers if w.pending]
+                if not busy:
+                    continue
+                ready = set(wait([c for w in busy for c in (w.results, w.proc.sentinel)]))
+                for i, w in enumerate(workers):
+                    if not w.pending:
+                        continue
                     try:
-                        results = fut.result()
-                    except BrokenProcessPool as err:  # a worker died: retry on a fresh pool
-                        if self._pool is owner:
-                            owner.shutdown(wait=False, cancel_futures=True)
-                            self._pool = None
-                        if attempt < self.max_retries:
-                            queue.appendleft((task, attempt + 1))
+                        if w.results.poll():  # a result, or EOF if the worker died
+                            data = w.results.recv_bytes()
+                        elif w.proc.sentinel in ready:
+                            raise EOFError
+                        else:
                             continue
-                        results = [_failed(r, f"worker process died {attempt + 1} time(s), retries "
-                                              f"exhausted: {type(err).__name__}: {err}") for r in task.runs]
-                    except Exception as err:  # noqa: BLE001 - e.g. results that cannot be unpickled
+                    except (EOFError, OSError):  # the worker died: its task is retried on a fresh one
+                        outcome = self._lost(workers, i, queue)
+                        if outcome is not None:
+                            yield outcome
+                        continue
+                    task, _ = w.pending.popleft()
+                    try:
+                        results = decode_results(data)
+                    except Exception as err:  # noqa: BLE001 - a malformed message
                         results = [_failed(r, f"worker error: {type(err).__name__}: {err}")
                                    for r in task.runs]
                     yield TaskOutcome(task, results)
         finally:
-            for fut in futures:
-                fut.cancel()
+            stale = [w for w in workers if w.pending]  # left early: their results would be stale
+            if stale:
+                for w in stale:
+                    workers.remove(w)
+                _stop_workers(stale, kill=True)
+
+    def _lost(self, workers: list[_Worker], i: int, queue: deque) -> TaskOutcome | None:
+        """Worker ``i`` died: replace it; its running task is retried (or comes back ``failed``
+        once retries are exhausted), the tasks queued behind it go back to the queue's front."""
+        w = workers[i]
+        w.proc.join(1.0)
+        why = _died(w.proc)
+        lost = list(w.pending)
+        w.pending.clear()
+        w.stop(kill=True)
+        workers[i] = self._new_worker()
+        queue.extendleft(reversed(lost[1:]))  # never started: no attempt counted
+        task, attempt = lost[0]
+        if attempt < self.max_retries:
+            self.retried += 1
+            queue.appendleft((task, attempt + 1))
+            return None
+        return TaskOutcome(task, [_failed(r, f"worker process died {attempt + 1} time(s), retries "
+                                             f"exhausted: {why}") for r in task.runs])
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        _stop_workers(self._workers)
 
 
 EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
