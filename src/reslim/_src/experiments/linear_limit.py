@@ -101,15 +101,28 @@ class AnalysisSpec(StrictModel):
     divergence_threshold: float = Field(1e3, gt=0)
 
 
-class LinearLimitSpec(SpecBase):
-    """Spec of the ``linear-limit`` kind."""
+class TriangleSpecBase(SpecBase):
+    """What the triangle kinds share: the grid of finite shapes, repetitions, roles, and leg 2's D."""
 
-    kind: Literal["linear-limit"] = "linear-limit"
     grid: GridSpec
     repetitions: Size = 4
     seed: int = 0
     roles: list[Literal["finite", "limit-gap"]] = Field(default_factory=lambda: ["finite", "limit-gap"],
                                                         min_length=1)
+
+    @property
+    def limit_D(self) -> list[int]:
+        return self.triangle.D or list(self.grid.D)
+
+    @property
+    def embed_dim_max(self) -> int:
+        return max(max(self.grid.D), max(self.limit_D))
+
+
+class LinearLimitSpec(TriangleSpecBase):
+    """Spec of the ``linear-limit`` kind."""
+
+    kind: Literal["linear-limit"] = "linear-limit"
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -129,14 +142,6 @@ class LinearLimitSpec(SpecBase):
         if bad:
             raise ValueError(f"figures.steps: {bad} outside 0..{self.train.steps}")
         return self
-
-    @property
-    def limit_D(self) -> list[int]:
-        return self.triangle.D or list(self.grid.D)
-
-    @property
-    def embed_dim_max(self) -> int:
-        return max(max(self.grid.D), max(self.limit_D))
 
     @property
     def figure_shape(self) -> tuple[int, int, int]:
@@ -214,37 +219,48 @@ class LinearLimit(ExperimentKind):
 
     # --- expansion ----------------------------------------------------------------------------
     def common(self, spec: LinearLimitSpec) -> dict[str, Any]:
-        return {"kind": "linear-limit", "model": spec.model.model_dump(mode="json"),
+        return {"kind": self.name, "model": spec.model.model_dump(mode="json"),
                 "data": spec.data.model_dump(mode="json"), "train": spec.train.model_dump(mode="json"),
                 "limit": spec.limit.model_dump(mode="json"), "dtype": spec.dtype,
                 "embed_dim_max": spec.embed_dim_max,
                 "threshold": spec.analysis.divergence_threshold}
 
+    def finite_extra(self, spec: LinearLimitSpec, shape: tuple[int, int, int]) -> dict[str, Any]:
+        """Config fields of a finite run beside its shape (here: the figure shape's details)."""
+        fig = shape == spec.figure_shape
+        return {"detail": fig, "coordinates": spec.figures.coordinates if fig else 0}
+
+    def gap_repetitions(self, spec: LinearLimitSpec) -> int:
+        return spec.repetitions
+
     def expand(self, spec: LinearLimitSpec) -> list[Run]:
         runs = []
-        R = spec.repetitions
-        emb = [_seed(spec.seed, 99, r) for r in range(R)]
-        fig = spec.figure_shape
+        R, R_gap = spec.repetitions, self.gap_repetitions(spec)
+        emb = [_seed(spec.seed, 99, r) for r in range(max(R, R_gap))]
         if "finite" in spec.roles:
             for L, M, D in (s.as_tuple() for s in spec.grid.shapes()):
                 for r in range(R):
                     config = {**self.common(spec), "role": "finite", "shape": [L, M, D], "rep": r,
                               "seed": _seed(spec.seed, 1, L, M, D, r), "embed_seed": emb[r],
-                              "detail": (L, M, D) == fig,
-                              "coordinates": spec.figures.coordinates if (L, M, D) == fig else 0}
+                              **self.finite_extra(spec, (L, M, D))}
                     runs.append(self._run(config))
         if "limit-gap" in spec.roles:
             for D in spec.limit_D:
-                for r in range(R):
+                for r in range(R_gap):
                     config = {**self.common(spec), "role": "limit-gap", "D": D, "rep": r,
                               "seed": _seed(spec.seed, 2, D, r), "embed_seed": emb[r]}
                     runs.append(self._run(config))
         return runs
 
+    def gap_cost(self, config: dict[str, Any]) -> float:
+        """Flops estimate of one limit-gap run."""
+        K, N, D, S = config["train"]["steps"], config["data"]["N"], config["D"], config["limit"]["S"]
+        p = config["data"]["d_in"] + config["data"]["d_out"]
+        return 1e6 * (K + 1) * S * p + 4.0 * (K + 1) * (S + 1) * N * D * p
+
     def _run(self, config: dict[str, Any]) -> Run:
         batch = {k: v for k, v in config.items() if k not in ("rep", "seed", "embed_seed")}
         K, N = config["train"]["steps"], config["data"]["N"]
-        p = config["data"]["d_in"] + config["data"]["d_out"]
         item = 8 if config["dtype"] == "float64" else 4
         if config["role"] == "finite":
             L, M, D = config["shape"]
@@ -253,10 +269,10 @@ class LinearLimit(ExperimentKind):
             label = f"finite (L={L}, M={M}, D={D})"
         else:
             D, S = config["D"], config["limit"]["S"]
-            cost = 1e6 * (K + 1) * S * p + 4.0 * (K + 1) * (S + 1) * N * D * p
+            cost = self.gap_cost(config)
             mem = 4.0 * (K + 1) * (S + 1) * N * D * 8
             label = f"MeanODE vs large-D (D={D})"
-        return Run("linear-limit", config, group=run_key(batch), stage=1, cost=cost, mem=mem, label=label)
+        return Run(self.name, config, group=run_key(batch), stage=1, cost=cost, mem=mem, label=label)
 
     # --- execution (workers) ------------------------------------------------------------------
     def execute(self, runs: list[Run]) -> list[RunResult]:
@@ -268,7 +284,7 @@ class LinearLimit(ExperimentKind):
         c = runs[0].config
         param = ParamSpec.model_validate(c["model"]["param"]).build()
         return ResNet(Shape(*shape), param=param, d_in=c["data"]["d_in"], d_out=c["data"]["d_out"],
-                      block=c["model"]["block"], activation="identity",
+                      block=c["model"]["block"], activation=c["model"]["activation"],
                       seeds=[r.config["seed"] for r in runs],
                       embed_seed=[r.config["embed_seed"] for r in runs],
                       embed_dim_max=c["embed_dim_max"], dtype=c["dtype"])

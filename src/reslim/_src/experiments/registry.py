@@ -33,6 +33,7 @@ KIND_MODULES = {
     "transfer": "reslim._src.experiments.depth_experiments",
     "probe": "reslim._src.experiments.probe",
     "linear-limit": "reslim._src.experiments.linear_limit",
+    "nonlinear-limit": "reslim._src.experiments.nonlinear_limit",
 }
 
 

@@ -41,18 +41,18 @@ class LinearLimitAnalysis:
     notes: list[str] = field(default_factory=list)
 
 
-def run_table(kind, spec, store) -> pd.DataFrame:
+def run_table(kind, spec, store, metrics: tuple[str, ...] = FINITE_METRICS) -> pd.DataFrame:
     rows = []
     for rec in kind.records(spec, store):
         c = rec.config
         L, M, D = c["shape"] if c["role"] == "finite" else (0, 0, c["D"])
         row = {"key": rec.key, "role": c["role"], "L": L, "M": M, "D": D, "rep": c["rep"],
                "status": rec.status, "diverged_at": rec.metrics.get("diverged_at", -1)}
-        for m in FINITE_METRICS:
+        for m in metrics:
             row[m] = rec.metrics.get(m)
         rows.append(row)
     return pd.DataFrame(rows, columns=["key", "role", "L", "M", "D", "rep", "status", "diverged_at",
-                                       *FINITE_METRICS])
+                                       *metrics])
 
 
 def _at(v, step: int) -> float:
@@ -84,42 +84,62 @@ def _rms(m: np.ndarray) -> np.ndarray:
         return out
 
 
-def analyse(kind, spec, store) -> LinearLimitAnalysis:
-    from ... import measure
+class Fits:
+    """Power-law and additive fits collected into an analysis (``power``, ``additive``, ``notes``)
+    and into ``rows`` (the power-law table); a fit that cannot be made is a note, not an error."""
 
-    step, R = spec.analysis.step, spec.repetitions
-    runs = run_table(kind, spec, store)
-    counts = {role: runs[runs["role"] == role]["status"].value_counts().to_dict() for role in spec.roles}
-    res = LinearLimitAnalysis(step, runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), counts=counts)
-    fin = runs[(runs["role"] == "finite") & (runs["status"] == "diverged")]
-    res.diverged_late = int((fin["diverged_at"] > step).sum())
-    rows: list[dict[str, Any]] = []
-    n_boot = spec.analysis.n_boot
+    def __init__(self, res, n_boot: int, seed: int) -> None:
+        self.res, self.n_boot, self.seed, self.rows = res, n_boot, seed, []
 
-    def power(name, quantity, against, held, x, m, theory):
+    def power(self, name, quantity, against, held, x, m, theory, **extra):
+        from ... import measure
+
         x = np.asarray(x, dtype=float)
         if len(np.unique(x)) < 2 or not np.isfinite(m).any():
-            return
+            return None
         try:
-            f = measure.fit_power_law(x, m, n_boot=n_boot, seed=spec.seed)
+            f = measure.fit_power_law(x, m, n_boot=self.n_boot, seed=self.seed)
         except ValueError as err:
-            res.notes.append(f"{quantity} vs {against}: no fit ({err})")
-            return
-        res.power[name] = f
+            self.res.notes.append(f"{quantity} vs {against}: no fit ({err})")
+            return None
+        self.res.power[name] = f
         lo, hi = f.exponent_ci
-        rows.append({"quantity": quantity, "against": against, "held at": held, "exponent": f.exponent,
-                     "CI low": lo, "CI high": hi, "theory": theory, "constant": f.constant,
-                     "points": f.n_points})
+        self.rows.append({"quantity": quantity, "against": against, "held at": held, "exponent": f.exponent,
+                          "CI low": lo, "CI high": hi, "theory": theory, "constant": f.constant,
+                          "points": f.n_points, **extra})
+        return f
 
-    def additive(name, L, M, D, m, kind_):
+    def additive(self, name, L, M, D, m, kind_):
+        from ... import measure
+
         ok = np.isfinite(_rms(m)) & (_rms(m) > 0)
         if ok.sum() < 3:
-            return
+            return None
         try:
-            res.additive[name] = measure.fit_additive(L[ok], M[ok], D[ok], m[ok], kind=kind_,
-                                                      n_boot=min(n_boot, 200), seed=spec.seed)
+            self.res.additive[name] = measure.fit_additive(L[ok], M[ok], D[ok], m[ok], kind=kind_,
+                                                           n_boot=min(self.n_boot, 200), seed=self.seed)
         except ValueError as err:
-            res.notes.append(f"{name} additive model: no fit ({err})")
+            self.res.notes.append(f"{name} additive model: no fit ({err})")
+            return None
+        return self.res.additive[name]
+
+
+def start_analysis(cls, kind, spec, store, step: int, metrics: tuple[str, ...] = FINITE_METRICS):
+    """An empty analysis of class ``cls`` with the run table, status counts and late divergences."""
+    runs = run_table(kind, spec, store, metrics)
+    counts = {role: runs[runs["role"] == role]["status"].value_counts().to_dict() for role in spec.roles}
+    res = cls(step, runs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), counts=counts)
+    fin = runs[(runs["role"] == "finite") & (runs["status"] == "diverged")]
+    res.diverged_late = int((fin["diverged_at"] > step).sum())
+    return res
+
+
+def analyse(kind, spec, store) -> LinearLimitAnalysis:
+    step, R = spec.analysis.step, spec.repetitions
+    res = start_analysis(LinearLimitAnalysis, kind, spec, store, step)
+    runs = res.runs
+    fits = Fits(res, spec.analysis.n_boot, spec.seed)
+    power, additive = fits.power, fits.additive
 
     if "finite" in spec.roles:
         shapes = [s.as_tuple() for s in spec.grid.shapes()]
@@ -175,7 +195,7 @@ def analyse(kind, spec, store) -> LinearLimitAnalysis:
               gm["embedding_error"], -0.5)
         power("leg2-output", "(b) leg 2 output: MeanODE vs large-D", "D", "L, M = oo", np.array(Ds),
               gm["output_error"], -0.5)
-    res.fits = pd.DataFrame(rows)
+    res.fits = pd.DataFrame(fits.rows)
     return res
 
 
@@ -285,7 +305,6 @@ class _NoDetail(RuntimeError):
 
 
 def _error_figures(spec, res: LinearLimitAnalysis, fig_dir) -> list:
-    import matplotlib.pyplot as plt
 
     refs = []
     agg = res.agg
@@ -302,48 +321,73 @@ def _error_figures(spec, res: LinearLimitAnalysis, fig_dir) -> list:
                         f"linear-limit-{name}-vs-{x}",
                         f"(a) {name} error vs {x} at step {res.step}, one line per {line} (L = {Lm}); "
                         "dashed: additive fit"))
-        fig, ax = plt.subplots(figsize=(6.2, 4.4))
-        d = agg[np.isfinite(agg["ode_embedding_error"]) & (agg["ode_embedding_error"] > 0)]
-        x = d["L"] * d["M"] / d["D"]
-        sc = ax.scatter(x, d["ode_embedding_error"], c=np.log10(d["L"]), s=12, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="log10 L")
-        f = res.power.get("leg1-LM/D")
-        if f is not None and len(x):
-            xs = np.geomspace(x.min(), x.max(), 50)
-            ax.plot(xs, f.predict(xs), "k--", label=f"fit {f.constant:.2g} (LM/D)^({f.exponent:.3f})")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("L M / D")
-        ax.set_ylabel("finite vs MeanODE: max_l mean_d |h - h^ODE|")
-        ax.set_title(f"(b) leg 1 at step {res.step}; theory 1/L + sqrt(D/(LM))", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        refs.append(figures.save(fig, fig_dir, "linear-limit-leg1",
-                                 "(b) leg 1: finite network vs MeanODE against L M / D"))
+        refs.append(figures.save(
+            leg1_figure(agg, "ode_embedding_error", res.power.get("leg1-LM/D"), res.step,
+                        "finite vs MeanODE: max_l mean_d |h - h^ODE|"), fig_dir, "linear-limit-leg1",
+            "(b) leg 1: finite network vs MeanODE against L M / D"))
     if len(res.gap):
-        fig, ax = plt.subplots(figsize=(6.2, 4.4))
-        g = res.gap
-        for metric, marker, name in (("embedding_error", "o", "embedding"), ("output_error", "s", "output")):
-            ok = np.isfinite(g[metric]) & (g[metric] > 0)
-            ax.plot(g["D"][ok], g[metric][ok], marker + "-", ms=4, label=name)
-            f = res.power.get(f"leg2-{name}")
-            if f is not None:
-                ax.plot(g["D"], f.predict(g["D"].to_numpy()), "--", lw=0.9,
-                        label=f"fit {f.constant:.2g} D^({f.exponent:.3f})")
-        Ds = g["D"].to_numpy(dtype=float)
-        if len(Ds) and np.isfinite(g["embedding_error"]).any():
-            c0 = np.nanmax(g["embedding_error"]) * np.sqrt(Ds[0])
-            ax.plot(Ds, c0 / np.sqrt(Ds), ":", color="gray", label="D^-1/2")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("D")
-        ax.set_ylabel("MeanODE vs large-D limit")
-        ax.set_title(f"(b) leg 2 at step {res.step}", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.25)
-        refs.append(figures.save(fig, fig_dir, "linear-limit-leg2",
+        refs.append(figures.save(leg2_figure(res.gap, res.power, res.step), fig_dir, "linear-limit-leg2",
                                  "(b) leg 2: MeanODE vs the large-D limit"))
     return refs
+
+
+def leg1_figure(agg: pd.DataFrame, metric: str, fit, step: int, ylabel: str, stderr: str | None = None,
+                ratio: float = 3.0):
+    """Leg 1 errors of every shape against L M / D (colour: L), the power-law ``fit`` dashed, and
+    the limit's standard error ``stderr`` (a column, x ``ratio``) as marks."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    d = agg[np.isfinite(agg[metric]) & (agg[metric] > 0)]
+    x = d["L"] * d["M"] / d["D"]
+    sc = ax.scatter(x, d[metric], c=np.log10(d["L"]), s=12, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="log10 L")
+    if stderr is not None and len(d):
+        ax.scatter(x, ratio * d[stderr], marker="_", color="gray", s=30, label=f"{ratio:g} x limit's stderr")
+    if fit is not None and len(x):
+        xs = np.geomspace(x.min(), x.max(), 50)
+        ax.plot(xs, fit.predict(xs), "k--", label=f"fit {fit.constant:.2g} (LM/D)^({fit.exponent:.3f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("L M / D")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"(b) leg 1 at step {step}; theory 1/L + sqrt(D/(LM))", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    return fig
+
+
+def leg2_figure(g: pd.DataFrame, power: dict, step: int, metrics=(("embedding_error", "embedding"),
+                                                                  ("output_error", "output")),
+                stderr: dict[str, str] | None = None, ratio: float = 3.0):
+    """Leg 2 errors against D with their fits (``power["leg2-<name>"]``), a D^-1/2 guide and,
+    where given, the difference's standard error (column per metric, x ``ratio``) dotted."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    for (metric, name), marker in zip(metrics, "osd^", strict=False):
+        ok = np.isfinite(g[metric]) & (g[metric] > 0)
+        line, = ax.plot(g["D"][ok], g[metric][ok], marker + "-", ms=4, label=name)
+        f = power.get(f"leg2-{name}")
+        if f is not None:
+            ax.plot(g["D"], f.predict(g["D"].to_numpy()), "--", lw=0.9, color=line.get_color(),
+                    label=f"fit {f.constant:.2g} D^({f.exponent:.3f})")
+        if stderr and metric in stderr:
+            ax.plot(g["D"], ratio * g[stderr[metric]], ":", lw=0.9, color=line.get_color(),
+                    label=f"{ratio:g} x stderr ({name})")
+    Ds = g["D"].to_numpy(dtype=float)
+    first = metrics[0][0]
+    if len(Ds) and np.isfinite(g[first]).any():
+        c0 = np.nanmax(g[first]) * np.sqrt(Ds[0])
+        ax.plot(Ds, c0 / np.sqrt(Ds), ":", color="gray", label="D^-1/2")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("D")
+    ax.set_ylabel("MeanODE vs large-D limit")
+    ax.set_title(f"(b) leg 2 at step {step}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.25)
+    return fig
 
 
 def _detail_runs(spec, store):
