@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -130,6 +131,58 @@ def test_ray_resources_and_address_are_validated(ray_address):
             RayExecutor(**kwargs)
     ex = RayExecutor(cpus_per_task=0.5)  # fractional CPUs: 4 tasks at once on 2 CPUs
     assert ex.slots == 4 and ex.threads == 1
+
+
+@needs_ray
+def test_without_address_a_private_instance_is_started_whatever_ray_address_says(monkeypatch):
+    """No address: ``ray.init(address="local")`` (a new private instance), not ``None``, which
+    would join the cluster named by RAY_ADDRESS or by Ray's shared temp directory."""
+    import ray
+
+    from reslim._src.experiments.ray_executor import RayExecutor
+
+    calls = []
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 2e9}}])
+    ex = RayExecutor()
+    assert [c["address"] for c in calls] == ["local"] and ex._owns
+    ex.close()
+    calls.clear()
+    RayExecutor(address="auto").close()  # the explicit opt-in is passed on as given
+    assert [c["address"] for c in calls] == ["auto"]
+
+
+PROBE = """
+kind = "probe"
+name = "private"
+runs = 4
+work = 1
+size = 8
+"""
+
+
+@needs_ray
+def test_cli_without_address_ignores_ray_address(tmp_path):
+    """The one real Ray start of this check: with RAY_ADDRESS naming a port that never answers,
+    ``--executor ray`` without --address still runs on a private instance and completes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    spec = tmp_path / "probe.toml"
+    spec.write_text(PROBE)
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{listener.getsockname()[1]}"}
+    cmd = [sys.executable, "-c", "from reslim.cli import main; main()", "run", str(spec), "--out",
+           str(tmp_path / "out"), "--no-progress", "--executor", "ray"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    finally:
+        listener.close()
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "4 runs, 0 already stored, 4 done" in res.stdout
+    with Store(tmp_path / "out", create=False) as st:
+        assert st.counts() == {"done": 4}
 
 
 # --- SIGKILL of the driver, then the same command again ---------------------------------------------

@@ -5,9 +5,11 @@ store; no unpickling anywhere."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -51,6 +53,9 @@ BAD = [  # (id, extra arguments, text the one-line error must contain)
     ("malformed address", ["--executor", "ray", "--address", "nohost"], "--address"),
     ("address port range", ["--executor", "ray", "--address", "h:70000"], "--address"),
     ("unreachable address", ["--executor", "ray", "--address", "127.0.0.1:1"], "--address"),
+    ("zero connect timeout", ["--executor", "ray", "--connect-timeout", "0"], "--connect-timeout"),
+    ("nan connect timeout", ["--executor", "ray", "--connect-timeout", "nan"], "--connect-timeout"),
+    ("connect timeout without ray", ["--connect-timeout", "5"], "--connect-timeout"),
     ("zero cpus per task", ["--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task"),
     ("negative cpus per task", ["--executor", "ray", "--cpus-per-task", "-1"], "--cpus-per-task"),
     ("fractional cpus above 1", ["--executor", "ray", "--cpus-per-task", "1.5"], "--cpus-per-task"),
@@ -130,6 +135,31 @@ def test_bad_spec_files(capsys, tmp_path, text, field):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_an_address_that_never_answers_is_a_one_line_error_within_the_timeout(tmp_path, stored):
+    """A port that accepts connections but never speaks Ray (Ray itself would retry for many
+    minutes): exit code 2 with one line naming --address once --connect-timeout has passed; the
+    existing store is untouched. Run in a subprocess: the connect thread it abandons stays there."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    before = _tree(stored)
+    cmd = [sys.executable, "-c", "from reslim.cli import main; main()", "run", "convergence", *QUICK,
+           "--out", str(stored), "--no-progress", "--executor", "ray", "--address", address,
+           "--connect-timeout", "2"]
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+        elapsed = time.monotonic() - t0
+    finally:
+        listener.close()
+    _check_one_line(res.returncode, res.stdout, res.stderr, f"cannot connect to Ray at --address {address}")
+    assert "no answer within 2 s" in res.stderr
+    assert elapsed < 60, elapsed  # imports + 2 s, not Ray's own minutes of retries
+    assert _tree(stored) == before
+
+
 def test_output_directory_that_is_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     for out, text in [(tmp_path / "file", "not a directory"), (tmp_path / "file" / "sub", "is a file")]:
@@ -174,6 +204,8 @@ def test_memory_estimate_names_the_task_and_counts_parallel_tasks():
     check_memory(tasks, available=100 * big, slots=2)
     assert executor_options("ray", cpus_per_task=0.5, gpus_per_task=0.25) == {
         "address": None, "cpus_per_task": 0.5, "gpus_per_task": 0.25}
+    assert executor_options("ray", address="auto", connect_timeout=5) == {"address": "auto",
+                                                                          "connect_timeout": 5.0}
 
 
 PROBE = """

@@ -35,7 +35,9 @@ def run(
                                     "default 1; ray: default what the cluster holds)"),
     executor: str = typer.Option("local", "--executor", help="where tasks run: local or ray"),
     address: str | None = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running "
-                                       "cluster (default: start a local Ray instance)"),
+                                       "cluster (default: start a private local Ray instance)"),
+    connect_timeout: float | None = typer.Option(None, "--connect-timeout", help="ray: seconds to wait "
+                                                 "for the cluster at --address (default 30)"),
     cpus_per_task: float | None = typer.Option(None, "--cpus-per-task", help="ray: CPUs per task "
                                                "(fractions below 1 allowed); local: torch threads/worker"),
     gpus_per_task: float | None = typer.Option(None, "--gpus-per-task", help="ray: GPUs per task "
@@ -56,7 +58,8 @@ def run(
 
     try:
         options = executor_options(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
-                                   gpus_per_task=gpus_per_task, max_retries=max_retries)
+                                   gpus_per_task=gpus_per_task, max_retries=max_retries,
+                                   connect_timeout=connect_timeout)
         s = load_spec(spec, overrides)
         if data is not None or data_dir is not None:
             s = load_spec(spec, [*overrides, *data_overrides(s, data, data_dir)])
@@ -78,12 +81,22 @@ def run(
     finally:
         ex.close()
     c = summary.counts
+    n_skip = len(summary.skipped_runs)
     typer.echo(f"{s.name}: {summary.total} runs, {summary.skipped} already stored, {c['done']} done, "
-               f"{c['diverged']} diverged, {c['failed']} failed in {summary.seconds:.1f} s")
+               f"{c['diverged']} diverged, {c['failed']} failed" + (f", {n_skip} skipped" if n_skip else "")
+               + f" in {summary.seconds:.1f} s")
+    if n_skip:
+        reasons = sorted(set(summary.skipped_runs.values()))
+        more = f" (and {len(reasons) - 1} more reasons)" if len(reasons) > 1 else ""
+        typer.echo(f"skipped {n_skip} runs whose reference is not usable: {reasons[0]}{more}")
     for line in summary.summary_lines:
         typer.echo(line)
     for path in summary.report.values():
         typer.echo(f"wrote {path}")
+    if not summary.usable:
+        typer.echo(f"error: no usable result in {out}: no run of {s.name} finished as done "
+                   "(see reslim runs)", err=True)
+        raise typer.Exit(code=1)
 
 
 def _store(directory: Path):

@@ -7,12 +7,20 @@ so the driver never holds thousands of object refs. A task whose worker process 
 ``os._exit``, OOM kill, lost node) is resubmitted up to ``max_retries`` times; after that its
 runs come back as ``failed`` with the error. A run that raises is ``failed`` at once (no retry:
 ``execute_task`` isolates it). Workers only compute; the driver alone writes the store.
+
+Addresses: ``None`` starts a **private** local instance (``ray.init(address="local")``), never the
+cluster that ``RAY_ADDRESS`` or Ray's shared temp directory (``/tmp/ray/ray_current_cluster``,
+writable by other local users) names; ``"auto"`` is the explicit opt-in to that lookup; ``HOST:PORT``
+(or ``ray://HOST:PORT``) connects there. A connection that is not made within
+``connect_timeout`` seconds (default 30) is a one-line ``ValueError`` naming ``--address``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -43,6 +51,17 @@ def check_resource(option: str, value: float, *, positive: bool) -> float:
     return float(value)
 
 
+DEFAULT_CONNECT_TIMEOUT = 30.0
+
+
+def check_timeout(value: float, option: str = "--connect-timeout") -> float:
+    """Seconds to wait for a Ray cluster: finite and > 0."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{option} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast (Ray itself retries for minutes) when ``HOST:PORT`` accepts no connection."""
     if address is None or address == "auto":
@@ -54,6 +73,41 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
         raise ValueError(f"cannot reach Ray at --address {address}: {err.strerror or err}") from None
+
+
+class _DropThreadWarning(logging.Filter):
+    """Ray warns that it sets no SIGTERM handler when ``ray.init`` runs outside the main thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _init_within(ray, timeout: float, **kwargs) -> None:
+    """``ray.init(**kwargs)``, or TimeoutError after ``timeout`` seconds: Ray itself retries an
+    address that accepts connections but does not answer (not a Ray GCS, or a firewall that drops
+    packets) for many minutes. The init runs in a daemon thread; one that never returns is left
+    behind (it cannot be cancelled) and does not keep the process from exiting."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["err"] = err
+
+    log = logging.getLogger("ray._private.worker")
+    quiet = _DropThreadWarning()
+    log.addFilter(quiet)
+    try:
+        thread = threading.Thread(target=target, name="reslim-ray-connect", daemon=True)
+        thread.start()
+        thread.join(timeout)
+    finally:
+        log.removeFilter(quiet)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s (raise --connect-timeout to wait longer)")
+    if "err" in box:
+        raise box["err"]
 
 
 def _ray():
@@ -74,9 +128,11 @@ def _execute_in_worker(task: Task, threads: int) -> list:
 
 
 class RayExecutor(Executor):
-    """Tasks as Ray tasks. ``address``: ``None`` starts a local Ray instance (or joins the one
-    this process already started / ``RAY_ADDRESS``), ``auto`` joins the local cluster,
-    ``HOST:PORT`` (or ``ray://HOST:PORT``) a remote one.
+    """Tasks as Ray tasks. ``address``: ``None`` starts a private local Ray instance (or uses the
+    connection this process already opened with ``ray.init``; ``RAY_ADDRESS`` is ignored),
+    ``auto`` joins the cluster Ray finds on this node (``RAY_ADDRESS``, else the one recorded in
+    Ray's temp directory), ``HOST:PORT`` (or ``ray://HOST:PORT``) a remote one, within
+    ``connect_timeout`` seconds.
 
     ``cpus_per_task`` / ``gpus_per_task``: Ray resources of one task; torch uses
     ``threads`` (default ``max(1, int(cpus_per_task))``) threads in it. ``jobs``: tasks in
@@ -89,8 +145,9 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, *, cpus_per_task: float = 1.0, gpus_per_task: float = 0.0,
                  max_retries: int = 2, jobs: int | None = None, threads: int | None = None,
                  runtime_env: dict[str, Any] | None = None, init_options: dict[str, Any] | None = None,
-                 check_resources: bool = True) -> None:
+                 check_resources: bool = True, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
         self.address = check_address(address)
+        self.connect_timeout = check_timeout(connect_timeout)
         self.cpus_per_task = check_resource("--cpus-per-task", cpus_per_task, positive=True)
         self.gpus_per_task = check_resource("--gpus-per-task", gpus_per_task, positive=False)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -106,14 +163,20 @@ class RayExecutor(Executor):
         ray = _ray()
         self._owns = False
         if not ray.is_initialized():
-            _check_reachable(self.address)
-            options = {"include_dashboard": False, "log_to_driver": False, **(init_options or {})}
-            try:
-                ray.init(address=self.address, runtime_env=runtime_env, **options)
-            except Exception as err:  # noqa: BLE001 - reported as one line
-                where = (f"connect to Ray at --address {self.address}" if self.address
-                         else "start a local Ray instance")
-                raise ValueError(f"cannot {where}: {_first_line(err)}") from None
+            options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+                       "runtime_env": runtime_env, **(init_options or {})}
+            if self.address is None:  # private: never a cluster named by RAY_ADDRESS or /tmp/ray
+                try:
+                    ray.init(address="local", **options)
+                except Exception as err:  # noqa: BLE001 - reported as one line
+                    raise ValueError(f"cannot start a local Ray instance: {_first_line(err)}") from None
+            else:
+                _check_reachable(self.address, min(5.0, self.connect_timeout))
+                try:
+                    _init_within(ray, self.connect_timeout, address=self.address, **options)
+                except Exception as err:  # noqa: BLE001 - reported as one line
+                    raise ValueError(f"cannot connect to Ray at --address {self.address}: "
+                                     f"{_first_line(err)}") from None
             self._owns = True
         self._ray = ray
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]

@@ -124,7 +124,7 @@ def check_spec_memory(spec, executor=None) -> None:
 # --- executor options ------------------------------------------------------------------------------
 def executor_options(executor: str, *, jobs: int | None = None, address: str | None = None,
                      cpus_per_task: float | None = None, gpus_per_task: float | None = None,
-                     max_retries: int | None = None) -> dict[str, Any]:
+                     max_retries: int | None = None, connect_timeout: float | None = None) -> dict[str, Any]:
     """Check the CLI's executor options and turn them into ``make_executor`` keyword arguments."""
     from .executors import EXECUTOR_MODULES, EXECUTORS
 
@@ -142,6 +142,8 @@ def executor_options(executor: str, *, jobs: int | None = None, address: str | N
     if executor == "local":
         if address is not None:
             raise InputError("--address applies to --executor ray only")
+        if connect_timeout is not None:
+            raise InputError("--connect-timeout applies to --executor ray only")
         if gpus_per_task:
             raise InputError("--gpus-per-task applies to --executor ray only")
         if cpus_per_task is not None:
@@ -153,10 +155,12 @@ def executor_options(executor: str, *, jobs: int | None = None, address: str | N
         if max_retries is not None:
             options["max_retries"] = max_retries
         return options
-    from .ray_executor import check_address, check_resource
+    from .ray_executor import check_address, check_resource, check_timeout
 
     try:
         options["address"] = check_address(address)
+        if connect_timeout is not None:
+            options["connect_timeout"] = check_timeout(connect_timeout)
         if cpus_per_task is not None:
             options["cpus_per_task"] = check_resource("--cpus-per-task", cpus_per_task, positive=True)
         if gpus_per_task is not None:
