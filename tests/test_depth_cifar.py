@@ -59,18 +59,62 @@ def test_missing_data_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="CIFAR-10 not found under") as err:
         cf.cifar10(tmp_path)
     assert "\n" not in str(err.value)
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="torchvision is not installed"):
-            cf.cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py").mkdir()  # empty: not the python version either
+    with pytest.raises(ValueError, match="CIFAR-10 not found under"):
+        cf.cifar10(tmp_path)
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="not a multiple"):
         cf.read_cifar_binary(bad)
     with pytest.raises(ValueError, match="data.pool"):
         cf.cifar10(tmp_path, pool=3)
+
+
+class _Mkdir:
+    """Pickles as ``os.mkdir(path)``: unpickling it creates the directory ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def _fake_python_version(root, marker):
+    """The python version's layout (``cifar-10-batches-py``), each file a pickle that would
+    create ``marker`` if anything unpickled it."""
+    import pickle
+
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for name in ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        (d / name).write_bytes(pickle.dumps({b"data": _Mkdir(marker), b"labels": [0]}))
+    return d
+
+
+def test_the_python_pickle_version_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    py = _fake_python_version(tmp_path / "data", marker)
+    for where in (tmp_path / "data", py):  # data.dir above the batches, or the batches themselves
+        with pytest.raises(ValueError) as err:
+            cf.cifar10(where)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"data.dir: {py} holds the python (pickle) version")
+        assert "download the binary version" in msg and "cifar-10-batches-bin" in msg
+    assert not marker.exists(), "a CIFAR pickle was unpickled"
+    # the spec is refused the same way, before anything runs
+    from reslim._src.experiments.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="python \\(pickle\\) version"):
+        load_spec("transfer", [f'datasets=[{{kind="cifar10", dir="{tmp_path / "data"}"}}]'])
+    assert not marker.exists()
+    # with the binary version beside it, the binary version is read and the pickles stay closed
+    batches, _ = _fake_cifar(tmp_path / "data")
+    ds = cf.cifar10(tmp_path / "data", n_train=None, n_test=None)
+    assert ds.X.shape == (60, 192) and ds.info["dir"] == str(tmp_path / "data" / "cifar-10-batches-bin")
+    assert not marker.exists()
 
 
 def test_cifar_spec_fails_before_running(tmp_path):

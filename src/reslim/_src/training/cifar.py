@@ -1,5 +1,8 @@
-"""CIFAR-10 from the user's disk (never downloaded): the binary version read with NumPy, or the
-python version through torchvision when it is installed (an optional dependency).
+"""CIFAR-10 from the user's disk (never downloaded): the binary version only, read with NumPy.
+
+The python version (``cifar-10-batches-py``) is a set of pickles, and unpickling a file can run
+arbitrary code, so it is refused with a one-line error (naming the directory) before any of its
+files is opened; download the binary version (``cifar-10-binary.tar.gz``) instead.
 
 Binary format (``cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin``): records of
 ``1 + 3072`` bytes, a label in 0..9 then the 32x32 image as R, G, B planes in row-major order.
@@ -36,8 +39,16 @@ def read_cifar_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return rec[:, 1:].reshape(-1, 3, 32, 32), labels
 
 
-def _locate(data_dir: str | Path | None) -> tuple[str, Path]:
-    """``("bin" | "py", directory)`` of the CIFAR-10 batches under ``data_dir``."""
+PY_FILES = ("batches.meta", "data_batch_1", "test_batch")  # names of the python (pickle) version
+
+
+def _is_python_version(d: Path) -> bool:
+    return d.is_dir() and any((d / f).is_file() for f in PY_FILES)
+
+
+def _locate(data_dir: str | Path | None) -> Path:
+    """The directory holding the CIFAR-10 binary batches under ``data_dir`` (itself or its
+    ``cifar-10-batches-bin``); a one-line ValueError naming ``data.dir`` otherwise."""
     if data_dir is None or str(data_dir) == "":
         raise ValueError("data.dir: CIFAR-10 needs the directory holding the data "
                          "(--set data.dir=PATH); it is never downloaded")
@@ -46,41 +57,22 @@ def _locate(data_dir: str | Path | None) -> tuple[str, Path]:
         raise ValueError(f"data.dir: {root} is not a directory")
     for cand in (root / "cifar-10-batches-bin", root):
         if all((cand / f).is_file() for f in (*TRAIN_FILES, TEST_FILE)):
-            bin_dir = cand
-            break
-    else:
-        bin_dir = None
-    py_dir = root / "cifar-10-batches-py"
-    if py_dir.is_dir():
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            if bin_dir is None:
-                raise ValueError(f"data.dir: {py_dir} holds the python version of CIFAR-10, which is "
-                                 "read through torchvision, and torchvision is not installed; install "
-                                 "it or put the binary version (cifar-10-batches-bin) there") from None
-        else:
-            return "py", root
-    if bin_dir is not None:
-        return "bin", bin_dir
+            return cand
+    for cand in (root / "cifar-10-batches-py", root):
+        if _is_python_version(cand):  # its files are never opened
+            raise ValueError(f"data.dir: {cand} holds the python (pickle) version of CIFAR-10, which reslim "
+                             f"does not read (unpickling can run code); download the binary version "
+                             f"(cifar-10-binary.tar.gz, unpacks to cifar-10-batches-bin) from {URL}")
     raise ValueError(f"data.dir: CIFAR-10 not found under {root}: expected cifar-10-batches-bin/ "
-                     f"(binary version) or cifar-10-batches-py/ (with torchvision); see {URL}")
+                     f"({', '.join((*TRAIN_FILES, TEST_FILE))}, the binary version); see {URL}")
 
 
-def _load_raw(kind: str, where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if kind == "bin":
-        parts = [read_cifar_binary(where / f) for f in TRAIN_FILES]
-        Xtr = np.concatenate([p[0] for p in parts])
-        ytr = np.concatenate([p[1] for p in parts])
-        Xte, yte = read_cifar_binary(where / TEST_FILE)
-        return Xtr, ytr, Xte, yte
-    from torchvision.datasets import CIFAR10  # pragma: no cover - optional dependency
-
-    out = []  # pragma: no cover
-    for train in (True, False):  # pragma: no cover
-        ds = CIFAR10(root=str(where), train=train, download=False)
-        out += [np.asarray(ds.data).transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)]
-    return tuple(out)  # pragma: no cover
+def _load_raw(where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    parts = [read_cifar_binary(where / f) for f in TRAIN_FILES]
+    Xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    Xte, yte = read_cifar_binary(where / TEST_FILE)
+    return Xtr, ytr, Xte, yte
 
 
 def _features(images: np.ndarray, grayscale: bool, pool: int) -> np.ndarray:
@@ -106,8 +98,8 @@ def cifar10(data_dir: str | Path | None, n_train: int | None = 2048, n_test: int
     for name, v in (("n_train", n_train), ("n_test", n_test)):
         if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
             raise ValueError(f"data.{name} must be a positive integer or None, got {v!r}")
-    kind, where = _locate(data_dir)
-    Xtr, ytr, Xte, yte = _load_raw(kind, where)
+    where = _locate(data_dir)
+    Xtr, ytr, Xte, yte = _load_raw(where)
     rng = np.random.default_rng(seed)
     itr = rng.permutation(len(Xtr))[: n_train or len(Xtr)]
     ite = rng.permutation(len(Xte))[: n_test or len(Xte)]
@@ -118,4 +110,4 @@ def cifar10(data_dir: str | Path | None, n_train: int | None = 2048, n_test: int
     eye = np.eye(10)
     return Dataset(Ftr - mean, eye[ytr[itr]], name=f"cifar10(seed={seed}, pool={pool})",
                    X_test=Fte - mean, Y_test=eye[yte[ite]],
-                   info={"classes": 10, "source": kind, "dir": str(where)})
+                   info={"classes": 10, "source": "bin", "dir": str(where)})
