@@ -32,7 +32,7 @@ def test_registry_names_and_instances():
     assert {"mean-ode", "large-d", "reference"} <= set(available_limits())
     assert isinstance(get_limit("mean-ode", S=8), MeanODE)
     large = get_limit("large-d")
-    assert large.depth_steps("identity") == 32 and large.depth_steps("tanh") == 16
+    assert large.depth_steps("identity") == 32 and large.depth_steps("tanh") == 8
     with pytest.raises(ValueError, match="unknown limit"):
         get_limit("nope")
 

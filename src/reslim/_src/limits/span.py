@@ -36,7 +36,8 @@ Numerics.
 - Depth: classical RK4 on s_i = i/S; particles are kept on the fine grid j/(2S) (RK4 needs
   the half steps), half-step values of a, c by cubic Hermite interpolation of the ends.
 - Cost per GD step: O(S Q r N) (about 12 drift evaluations per depth step); memory
-  2 (2S+1) Q r numbers per replica and draw; draws are processed in chunks that fit ``memory``.
+  (2S+1) Q (2 r + 3 N) numbers per replica and draw (the particles, and sigma, sigma' at every
+  node); draws are processed in chunks that fit ``memory``.
 """
 
 from __future__ import annotations
@@ -125,10 +126,6 @@ class _Sweeps:
         z = self.U[:, :, j] @ a
         return (self.alpha / self.Q) * (self._out_v(j).transpose(-1, -2) @ self.act.fn(z))
 
-    def _dsig(self, j: int, a_j: torch.Tensor) -> torch.Tensor:
-        z = self.U[:, :, j] @ a_j
-        return self.act.grad(z, self.act.fn(z))
-
     def _g(self, j: int, dsig: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """dc/ds at node j: -alpha E[u~ sigma'(z) (v~ . c)], (b, R, r, N)."""
         w = self.V[:, :, j] @ c
@@ -156,45 +153,33 @@ class _Sweeps:
 
     def backward_and_update(self, a_f: torch.Tensor, c1: torch.Tensor, g: float | None):
         """RK4 from s = 1 down to 0 for c (linear in c), then (``g`` not None) the GD update of
-        the particles at each node once the sweep has passed it. Returns c, dc/ds (fine grid)."""
+        the particles at every node at once. sigma(z) and sigma'(z) at every node are computed
+        once, before the sweep (the particles do not move during it). Returns c, dc/ds."""
         S, h = self.S, -1.0 / self.S
         c_f = torch.empty_like(a_f)
         dc_f = torch.empty_like(a_f)
-        dsig = {}
-
-        def ds(j):
-            if j not in dsig:
-                dsig[j] = self._dsig(j, a_f[:, :, j])
-            return dsig[j]
-
-        def update(j):
-            if g is None:
-                return
-            a_j, c_j = a_f[:, :, j], c_f[:, :, j]
-            z = self.U[:, :, j] @ a_j  # (b, R, Q, N), before the update
-            gu = ds(j) * (self.V[:, :, j] @ c_j)
-            fv = self.act.fn(z)
-            self.U[:, :, j] -= g * (gu @ a_j.transpose(-1, -2))
-            self.V[:, :, j] -= g * (fv @ c_j.transpose(-1, -2))
-            del dsig[j]
-
+        Z = self.U @ a_f  # (b, R, nf, Q, N)
+        F = self.act.fn(Z)
+        DS = self.act.grad(Z, F)
+        del Z
         n = 2 * S
-        c, f0 = c1, self._g(n, ds(n), c1)
+        c, f0 = c1, self._g(n, DS[:, :, n], c1)
         for i in range(S):
             j0, jm, j1 = n - 2 * i, n - 2 * i - 1, n - 2 * i - 2
-            k2 = self._g(jm, ds(jm), c + (h / 2) * f0)
-            k3 = self._g(jm, ds(jm), c + (h / 2) * k2)
-            k4 = self._g(j1, ds(j1), c + h * k3)
+            k2 = self._g(jm, DS[:, :, jm], c + (h / 2) * f0)
+            k3 = self._g(jm, DS[:, :, jm], c + (h / 2) * k2)
+            k4 = self._g(j1, DS[:, :, j1], c + h * k3)
             c_new = c + (h / 6) * (f0 + 2 * k2 + 2 * k3 + k4)
-            f1 = self._g(j1, ds(j1), c_new)
+            f1 = self._g(j1, DS[:, :, j1], c_new)
             c_f[:, :, j0], dc_f[:, :, j0] = c, f0
             c_f[:, :, jm] = 0.5 * (c + c_new) + (h / 8) * (f0 - f1)
-            dc_f[:, :, jm] = self._g(jm, ds(jm), c_f[:, :, jm])
+            dc_f[:, :, jm] = self._g(jm, DS[:, :, jm], c_f[:, :, jm])
             c, f0 = c_new, f1
-            update(j0)
-            update(jm)
         c_f[:, :, 0], dc_f[:, :, 0] = c, f0
-        update(0)
+        if g is not None:  # u~ -= g sum_n a_n sigma'(z_n) w_n,  v~ -= g sum_n c_n sigma(z_n)
+            DS *= self.V @ c_f
+            self.U -= g * (DS @ a_f.transpose(-1, -2))
+            self.V -= g * (F @ c_f.transpose(-1, -2))
         return c_f, dc_f
 
 
@@ -207,7 +192,7 @@ def solve_span(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: floa
 
     ``X`` (N, d_in), ``Y`` (N, d_out); ``loss_scale`` = c_loss (1 or d_out); ``samples`` unit
     samples in all, split into ``replicas`` independent scrambles; ``memory``: bytes of particle
-    storage per chunk of draws. Returns :class:`Coefficients` in the coordinates of E (h = E a),
+    and node storage per chunk of draws. Returns :class:`Coefficients` in the coordinates of E (h = E a),
     the mean over replicas, with ``info`` holding the standard errors (over replicas) of the
     outputs and of the embedding: ``output_stderr`` (K+1, B) RMS over samples and outputs,
     ``h_last_stderr`` (K+1, B) RMS over coordinates and samples of h(1), ``hidden_stderr``
@@ -238,7 +223,7 @@ def solve_span(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: floa
     da_all, dc_all = np.full(shape, np.nan), np.full(shape, np.nan)
     y_all = np.full((K + 1, B, R, d_out, N), np.nan)
     diverged_at = np.full(B, -1, dtype=np.int64)
-    per_draw = 2.0 * R * nf * Qr * r * torch.finfo(dtype).bits / 8
+    per_draw = (2.0 * r + 3.0 * N) * R * nf * Qr * torch.finfo(dtype).bits / 8  # particles, z terms
     chunk = max(1, int(memory // per_draw))
     for b0 in range(0, B, chunk):
         sl = slice(b0, min(B, b0 + chunk))

@@ -65,7 +65,7 @@ class SpanLimit(Limit):
 
     Options:
 
-    - ``S``: RK4 depth steps (output grid ``i / S``); default 32 with exact moments, 16 sampled
+    - ``S``: RK4 depth steps (output grid ``i / S``); default 32 with exact moments, 8 sampled
       (the depth error is then far below the sampling error: measured in docs/limits.md)
     - ``method``: ``"exact"`` (closed-form second moments, identity only), ``"sampled"``
       (quasi-Monte Carlo over units, any activation) or ``"auto"`` (exact for identity)
@@ -106,7 +106,7 @@ class SpanLimit(Limit):
     def depth_steps(self, activation: str) -> int:
         if self.S is not None:
             return self.S
-        return 32 if self.method_for(activation) == "exact" else 16
+        return 32 if self.method_for(activation) == "exact" else 8
 
     def reduced(self, problem: LimitProblem, G: np.ndarray) -> Coefficients:
         """The coefficients for Gram matrices ``G`` (B, r, r), by the method for the problem."""
