@@ -30,7 +30,7 @@ def data_overrides(spec, kind: str | None, directory: str | None) -> list[str]:
 def run(
     spec: str = typer.Argument(..., help="built-in spec name (e.g. convergence) or a path to a .toml spec"),
     overrides: list[str] = typer.Option([], "--set", help="override a spec field: key=value (TOML value)"),
-    out: Path | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>)"),
+    out: str | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>)"),
     jobs: int | None = typer.Option(None, "--jobs", help="tasks in parallel (local: worker processes, "
                                     "default 1; ray: default what the cluster holds)"),
     executor: str = typer.Option("local", "--executor", help="where tasks run: local or ray"),
@@ -81,12 +81,22 @@ def run(
     finally:
         ex.close()
     c = summary.counts
+    n_skip = len(summary.skipped_runs)
     typer.echo(f"{s.name}: {summary.total} runs, {summary.skipped} already stored, {c['done']} done, "
-               f"{c['diverged']} diverged, {c['failed']} failed in {summary.seconds:.1f} s")
+               f"{c['diverged']} diverged, {c['failed']} failed" + (f", {n_skip} skipped" if n_skip else "")
+               + f" in {summary.seconds:.1f} s")
+    if n_skip:
+        reasons = sorted(set(summary.skipped_runs.values()))
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        typer.echo(f"skipped {n_skip} runs whose reference is not usable: {reasons[0]}{more}")
     for line in summary.summary_lines:
         typer.echo(line)
     for path in summary.report.values():
         typer.echo(f"wrote {path}")
+    if not summary.usable:
+        typer.echo(f"error: no usable result in {out}: no run of {s.name} finished as done "
+                   "(see reslim runs)", err=True)
+        raise typer.Exit(code=1)
 
 
 def _store(directory: Path):
@@ -118,6 +128,7 @@ def runs(
         recs = store.records(status=status)
         counts = store.counts()
         spec = store.get_meta("spec") or {}
+        skipped = store.get_meta("skipped") or {}
     table = Table(title=f"{directory}: {spec.get('name', '?')} ({spec.get('kind', '?')}) — "
                   + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for col in ("id", "key", "run", "status", "seconds", "metrics / error"):
@@ -130,6 +141,11 @@ def runs(
     Console(width=180).print(table)
     if len(shown) < len(recs):
         typer.echo(f"... {len(recs) - len(shown)} more (--limit 0 shows all)")
+    if skipped and status is None:
+        reasons = sorted({v.get("reason", "?") for v in skipped.values()})
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        typer.echo(f"{len(skipped)} runs skipped (not run, no row: their reference is not usable): "
+                   f"{reasons[0]}{more}")
 
 
 @app.command()

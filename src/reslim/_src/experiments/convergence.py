@@ -21,6 +21,7 @@ from ..models.activations import ACTIVATIONS
 from ..models.resnet import ResNet
 from ..scaling.shapes import Shape
 from ..training.data import gaussian_data
+from ..training.divergence import DIVERGENCE_FACTOR, divergence_steps
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
@@ -270,15 +271,18 @@ class Convergence(ExperimentKind):
         data = _data(c)
         traj = train(net, data, steps=c["train"]["steps"], lr=c["train"]["lr"],
                      optimizer=c["train"]["optimizer"], loss=c["train"]["loss"],
-                     record=("loss", "outputs", "h_last"))
+                     record=("loss", "outputs", "h_last"),
+                     divergence_factor=c["train"].get("divergence_factor", DIVERGENCE_FACTOR))
         del net
         seconds = (time.perf_counter() - t0) / len(runs)
         return [self._result(run, traj.select(b), seconds) for b, run in enumerate(runs)]
 
-    def _result(self, run: Run, traj: Trajectory, seconds: float) -> RunResult:
+    def _result(self, run: Run, traj: Trajectory, seconds: float, limit_train=None) -> RunResult:
         div = int(traj.diverged_at[0])
         arrays = {"loss": traj.loss[:, 0], "outputs": traj.outputs[:, 0], "h_last": traj.h_last[:, 0]}
-        metrics = {"diverged_at": div, "final_loss": float(traj.loss[-1, 0])}
+        if limit_train is not None:  # a limit's record: the trainer's blow-up criterion applied here
+            div = _blowup(div, arrays, limit_train)
+        metrics = {"diverged_at": div, "final_loss": float(arrays["loss"][-1])}
         return RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays, seconds=seconds)
 
     def _execute_limit(self, runs: list[Run]) -> list[RunResult]:
@@ -317,10 +321,10 @@ class Convergence(ExperimentKind):
             for b, run in enumerate(runs):
                 t1 = time.perf_counter()
                 H, _ = sol.single_site(W_e[b], W_u[b], depths=np.array([1.0]))  # (K+1, 1, D, N)
-                div = int(sol.coef.diverged_at[0])
                 arrays = {"loss": sol.loss.copy(), "outputs": sol.outputs.copy(),
                           "h_last": np.ascontiguousarray(np.swapaxes(H[:, 0], 1, 2))}  # (K+1, N, D)
-                metrics = {"diverged_at": div, "final_loss": float(sol.loss[-1])}
+                div = _blowup(int(sol.coef.diverged_at[0]), arrays, c["train"])
+                metrics = {"diverged_at": div, "final_loss": float(arrays["loss"][-1])}
                 results.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays,
                                          seconds=time.perf_counter() - t1))
         else:
@@ -336,7 +340,7 @@ class Convergence(ExperimentKind):
             stderr = [{k: np.asarray(traj.meta[k])[:, b] for k in ("output_stderr", "h_last_stderr")
                        if k in traj.meta} for b in range(len(runs))]
             seconds = time.perf_counter() - t0
-            results = [self._result(run, traj.select(b), 0.0) for b, run in enumerate(runs)]
+            results = [self._result(run, traj.select(b), 0.0, c["train"]) for b, run in enumerate(runs)]
         solver = {"limit": c["reference"]["name"], "solve_seconds": seconds, "solved_together": len(runs)}
         solver.update({k: info[k] for k in ("method", "samples", "replicas", "seed") if k in info})
         for res, errs in zip(results, stderr, strict=True):
@@ -382,6 +386,19 @@ class Convergence(ExperimentKind):
         if not c.get("store_h_last"):
             result.arrays.pop("h_last")
         return result
+
+
+def _blowup(div: int, arrays: dict[str, np.ndarray], train_config: dict[str, Any]) -> int:
+    """A limit reference's divergence step under :func:`reslim.train`'s criterion (its solver
+    flags non-finite values only); the records from that step on become NaN, in place."""
+    blown = int(divergence_steps(arrays["loss"], train_config.get("divergence_factor", DIVERGENCE_FACTOR))[0])
+    if blown >= 0 and (div < 0 or blown < div):
+        div = blown
+    if div >= 0:
+        for name, a in arrays.items():
+            arrays[name] = a.astype(np.float64, copy=True)
+            arrays[name][div:] = np.nan
+    return div
 
 
 def _data(c: dict[str, Any]):

@@ -14,10 +14,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from ..scaling.parameterization import PRESETS, get_parameterization
 from ..scaling.shapes import Shape
+from ..training.divergence import DIVERGENCE_FACTOR
 
 
 class SpecError(ValueError):
@@ -54,6 +63,16 @@ class GDTrainSpec(StrictModel):
     lr: float = Field(1.0, gt=0, allow_inf_nan=False)
     optimizer: Literal["gd"] = "gd"
     loss: Literal["sum", "mean"] = "mean"
+    divergence_factor: float = Field(DIVERGENCE_FACTOR, gt=1, description=(
+        "a network has diverged once its loss exceeds this factor times max(initial loss, 1)"))
+
+    @model_serializer(mode="wrap")
+    def _omit_default_factor(self, handler):
+        # the default stays out of run configs, so the keys of runs stored before it existed hold
+        out = handler(self)
+        if isinstance(out, dict) and out.get("divergence_factor") == DIVERGENCE_FACTOR:
+            out.pop("divergence_factor")
+        return out
 
 
 class ParamSpec(StrictModel):

@@ -43,8 +43,12 @@ class SweepSummary:
 
     directory: Path
     total: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already stored (done or diverged): not executed again
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "diverged": 0, "failed": 0})
+    #: runs not executed because a run they need (their reference) is not usable: key -> reason
+    skipped_runs: dict[str, str] = field(default_factory=dict)
+    #: False when no run of the last stage is stored as done (nothing to fit or report)
+    usable: bool = True
     seconds: float = 0.0
     analysis: Any = None
     report: dict[str, Path] = field(default_factory=dict)
@@ -95,8 +99,11 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
               progress: bool = True, console=None) -> SweepSummary:
     """Execute every unfinished run of ``spec`` and store the results in ``out``.
 
-    Finished runs (done or diverged) are never recomputed; failed ones are retried. Results
-    are written by this (driver) process only, one transaction per run.
+    Finished runs (done or diverged) are never recomputed; failed ones are retried. A run whose
+    reference (:func:`requires`) diverged or failed is not executed: it is *skipped*, with the
+    reason, in ``summary.skipped_runs`` and the store's meta ``"skipped"`` (re-checked by every
+    sweep, so it runs once a failed reference has been retried successfully). Results are written
+    by this (driver) process only, one transaction per run.
     """
     kind = get_experiment(spec.kind)
     runs = kind.expand(spec)
@@ -117,8 +124,15 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
         summary.skipped = len(runs) - len(todo)
         bar.start(sum(r.cost for r in todo), len(todo))
         for stage in sorted({r.stage for r in todo}):
-            tasks = plan_tasks([r for r in todo if r.stage == stage], kind.module,
-                               max_task_bytes=spec.max_task_mb * 2**20)
+            ready = []
+            for r in (r for r in todo if r.stage == stage):
+                reason = _blocked(r, store)
+                if reason is None:
+                    ready.append(r)
+                else:
+                    summary.skipped_runs[r.key] = reason
+                    bar.update(r.cost, 1, "")
+            tasks = plan_tasks(ready, kind.module, max_task_bytes=spec.max_task_mb * 2**20)
             waiting = list(tasks)
             for outcome in executor.run(tasks):
                 waiting.remove(outcome.task)
@@ -128,6 +142,10 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
                     summary.counts[result.status] += 1
                 in_flight = ", ".join(t.label for t in waiting[: executor.slots])
                 bar.update(outcome.task.cost, len(outcome.task.runs), in_flight)
+        _record_skipped(store, runs, summary.skipped_runs)
+        statuses = store.statuses(keys)
+        last = max((r.stage for r in runs), default=0)
+        summary.usable = any(statuses.get(r.key) == "done" for r in runs if r.stage == last)
     finally:
         bar.stop()
         if own_executor:
@@ -135,6 +153,40 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
         store.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def requires(run: Run) -> list[str]:
+    """Keys of the runs ``run`` needs stored as done before it can run: the ``reference_key`` of
+    its config (a convergence run's reference, stage 0)."""
+    key = run.config.get("reference_key")
+    return [key] if isinstance(key, str) else []
+
+
+def _blocked(run: Run, store: Store) -> str | None:
+    """Why ``run`` cannot run (a run it needs diverged, failed or is missing), else None."""
+    for key in requires(run):
+        rec = store.get(key)
+        if rec is None:
+            return f"reference {key} is missing"
+        if rec.status == "diverged":
+            return f"reference {key} diverged at step {rec.metrics.get('diverged_at', '?')}"
+        if rec.status != "done":
+            error = (rec.error or "").splitlines()[0] if rec.error else "no error recorded"
+            return f"reference {key} {rec.status}: {error}"
+    return None
+
+
+def _record_skipped(store: Store, runs: Sequence[Run], skipped: dict[str, str]) -> None:
+    """Keep the skipped runs of this sweep (key -> label, stage, reason) in the store's meta
+    ``"skipped"`` (they have no row: nothing was computed), replacing this spec's earlier ones."""
+    mine = {r.key for r in runs}
+    old = store.get_meta("skipped", {}) or {}
+    by_key = {r.key: r for r in runs}
+    new = {k: v for k, v in old.items() if k not in mine}
+    new.update({k: {"label": by_key[k].label, "stage": by_key[k].stage, "reason": reason}
+                for k, reason in skipped.items()})
+    if new != old:
+        store.set_meta("skipped", new)
 
 
 def _finish(kind, spec, run: Run, result: RunResult, store: Store) -> RunResult:

@@ -17,11 +17,11 @@ import torch
 from ..models.resnet import BlockUpdate, LowRankDelta, ResNet, derive_seed, standard_normal
 from ..scaling.parameterization import optimizer_family
 from .data import Dataset
+from .divergence import DIVERGENCE_FACTOR, blowup_bound, check_divergence_factor
 from .trajectory import RECORDABLE, Trajectory
 
 OPTIMIZERS = ("gd", "sgd", "adam")
 LOSSES = ("sum", "mean")
-
 
 class _SGDUpdate(BlockUpdate):
     """``w <- w - lr_r * grad`` fused into one in-place ``baddbmm`` per layer."""
@@ -212,6 +212,7 @@ def train(
     adam_eps: float = 1e-8,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     low_rank: bool | None = None,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
 ) -> Trajectory:
     """Train ``model`` in place for ``steps`` updates; return the record of steps 0..steps.
 
@@ -225,16 +226,23 @@ def train(
     GD and SGD keep the block updates of recent steps in factored form
     (:class:`LowRankDelta`) where that moves less memory; ``low_rank`` forces it on or off.
     Either way the trajectory is exact GD; the weights are up to date when ``train`` returns.
+
+    Divergence: network ``b`` has diverged at step ``k`` (``Trajectory.diverged_at[b] = k``, its
+    records NaN from step ``k`` on) at the first step whose full-batch training loss is
+    non-finite or exceeds ``divergence_factor * max(loss_b(0), DIVERGENCE_FLOOR)`` (default
+    ``1e6`` and ``1.0``); ``divergence_factor=None`` flags non-finite losses only. The other
+    networks go on; training stops early once every network has diverged.
     """
+    factor = check_divergence_factor(divergence_factor)
     with thread_budget(model, data.N):
         return _train(model, data, steps=steps, lr=lr, optimizer=optimizer, loss=loss,
                       batch_size=batch_size, record=record, gia=gia, data_seed=data_seed,
                       adam_betas=adam_betas, adam_eps=adam_eps, callback=callback,
-                      low_rank=low_rank)
+                      low_rank=low_rank, factor=factor)
 
 
 def _train(model, data, *, steps, lr, optimizer, loss, batch_size, record, gia, data_seed,
-           adam_betas, adam_eps, callback, low_rank) -> Trajectory:
+           adam_betas, adam_eps, callback, low_rank, factor) -> Trajectory:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if optimizer not in OPTIMIZERS:
@@ -285,15 +293,19 @@ def _train(model, data, *, steps, lr, optimizer, loss, batch_size, record, gia, 
 
     recs: dict[str, list[np.ndarray]] = {name: [] for name in record}
     diverged_at = np.full(B, -1, dtype=np.int64)
+    bound = np.full(B, np.inf)  # loss above which a network has blown up (set at step 0)
 
     def to_np(t: torch.Tensor) -> np.ndarray:
         return t.detach().to("cpu", torch.float64).numpy()
 
     def record_step(k: int, cache) -> torch.Tensor:
         risk, dy = loss_and_grad(cache.y, Y, loss)
-        bad = ~torch.isfinite(risk).cpu().numpy() & (diverged_at < 0)
+        r = to_np(risk)
+        if k == 0:
+            bound[:] = blowup_bound(r, factor)
+        bad = (~np.isfinite(r) | (r > bound)) & (diverged_at < 0)
         diverged_at[bad] = k
-        recs["loss"].append(to_np(risk))
+        recs["loss"].append(r)
         if "outputs" in record:
             recs["outputs"].append(to_np(cache.y))
         if "h_last" in record:

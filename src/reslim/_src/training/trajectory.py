@@ -23,7 +23,8 @@ class Trajectory:
     - ``pre``: (K+1, B, L, N, M) or None, pre-activations (one-layer blocks: h_l)
     - ``backward``: (K+1, B, S+1, N, D) or None, ``b = D dR/dh`` (limits)
     - ``depth``: (S+1,) depth times in [0, 1] (``l / L`` for a finite network)
-    - ``diverged_at``: (B,) first step whose loss was non-finite, -1 if none; records of a
+    - ``diverged_at``: (B,) first step whose loss was non-finite or blew up (see
+      :func:`reslim.train`), -1 if none; records of a
       diverged network from that step on are NaN
     """
 
