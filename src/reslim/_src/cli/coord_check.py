@@ -13,6 +13,24 @@ from .app import app, fail
 from .describe import parse_options
 
 
+def _writable_dir(out: str, option: str = "--out") -> Path:
+    """``out`` as a folder that can be created or written, checked before any computation."""
+    from ..experiments.validation import InputError, check_output_dir
+
+    try:
+        return check_output_dir(out, option)
+    except InputError as err:
+        fail(str(err))
+
+
+def _writable_file(path: str, option: str) -> Path:
+    p = Path(path)
+    if not path.strip() or p.is_dir():
+        fail(f"{option} must name a file, got {path!r}")
+    _writable_dir(str(p.parent), option)
+    return p
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         out = [float(v) for v in text.split(",") if v.strip()]
@@ -100,6 +118,10 @@ def coord_check_cmd(
         if any(not float(s).is_integer() for s in size_list):
             fail(f"--sizes along {axes[0]} must be integers, got {sizes!r}")
         size_list = [int(s) for s in size_list]
+    if plot and not all_presets:
+        _writable_dir(out)
+    if table:
+        _writable_file(table, "--table")
     opts = dict(base=base, block=block, activation=activation, optimizer=optimizer, lr=lr,
                 steps=steps, seeds=tuple(range(seeds)))
     console = Console(width=150)
@@ -153,6 +175,7 @@ def phase_diagram_cmd(
     a_list = _floats(alphas, "--alphas")
     if seeds < 1 or steps < 1:
         fail("--seeds and --steps must be >= 1")
+    _writable_dir(out)
     console = Console(width=150)
     t0 = time.perf_counter()
     try:

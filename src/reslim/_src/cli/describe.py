@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from ..scaling.parameterization import PRESETS, get_parameterization
@@ -36,6 +38,11 @@ def describe(
     from rich.console import Console
     from rich.table import Table
 
+    for name, value in (("--d-in", d_in), ("--d-out", d_out)):
+        if value < 1:
+            fail(f"{name} must be a positive integer, got {value}")
+    if not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr must be a positive finite number, got {lr!r}")
     try:
         s = Shape.parse(shape)
         p = get_parameterization(param, **parse_options(option))

@@ -12,7 +12,8 @@ import copy
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -22,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from ..scaling.parameterization import PRESETS, get_parameterization
@@ -33,10 +35,30 @@ class SpecError(ValueError):
     """A spec that cannot be loaded or validated (one line, names the field)."""
 
 
-class StrictModel(BaseModel):
-    """Base of every spec section: unknown keys are errors, values are not coerced silently."""
+def _wants_tuple(annotation: Any) -> bool:
+    if get_origin(annotation) is tuple:
+        return True
+    return any(_wants_tuple(a) for a in get_args(annotation)) if get_origin(annotation) in (
+        Union, UnionType) else False
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class StrictModel(BaseModel):
+    """Base of every spec section: unknown keys are errors, values are not coerced silently.
+
+    Strict types (pydantic's strict mode): ``true`` is no integer and ``"0.5"`` no number; an
+    integer is a valid float (TOML ``lr = 1`` is ``1.0``); a TOML array fills a tuple field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays_to_tuples(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fix = {name: tuple(data[name]) for name, f in cls.model_fields.items()
+                   if isinstance(data.get(name), list) and _wants_tuple(f.annotation)}
+            if fix:
+                data = {**data, **fix}
+        return data
 
 
 class GridSpec(StrictModel):
@@ -101,6 +123,13 @@ class SpecBase(StrictModel):
     dtype: Literal["float64", "float32"] = "float64"
     max_task_mb: float = Field(2048.0, gt=0, description="memory cap of one batched task (weights)")
 
+    @field_validator("name")
+    @classmethod
+    def _not_a_directory_reference(cls, v: str) -> str:
+        if set(v) == {"."}:  # runs/. or runs/.. is not a folder of its own
+            raise ValueError(f"must name a folder of its own, got {v!r}")
+        return v
+
     def config(self) -> dict[str, Any]:
         """The spec as plain JSON-able data."""
         return self.model_dump(mode="json")
@@ -122,7 +151,13 @@ def read_spec_source(source: str | Path) -> tuple[dict[str, Any], str]:
     if text_source.endswith(".toml") or path.exists():
         if not path.is_file():
             raise SpecError(f"spec file {text_source} does not exist")
-        text, origin = path.read_text(), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise SpecError(f"spec file {text_source} is not UTF-8 text (byte {err.start}: "
+                            f"{err.reason}); TOML files are UTF-8") from None
+        except OSError as err:
+            raise SpecError(f"spec file {text_source} cannot be read: {err.strerror or err}") from None
     else:
         res = resources.files(BUILTIN_SPECS) / f"{text_source}.toml"
         if not res.is_file():

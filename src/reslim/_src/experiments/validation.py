@@ -27,6 +27,8 @@ def _fmt_bytes(n: float) -> str:
 
 def check_output_dir(out: str | Path, option: str = "--out") -> Path:
     """``out`` may be created or reused: not a file, its first existing ancestor a writable directory."""
+    if not str(out).strip():  # Path("") is the current directory
+        raise InputError(f"{option} must name a directory, got {str(out)!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{option} {out} exists and is not a directory")
