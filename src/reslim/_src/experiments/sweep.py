@@ -13,7 +13,7 @@ from typing import Any
 from .executors import Executor, LocalExecutor, Task
 from .registry import Run, RunResult, get_experiment
 from .spec import SpecBase
-from .store import Store
+from .store import Store, StoreError
 
 
 def plan_tasks(runs: Sequence[Run], module: str, max_task_bytes: float = float("inf"),
@@ -95,15 +95,33 @@ class _Progress:
             self.bar = None
 
 
+def check_same_spec(store: Store, spec: SpecBase, keys) -> None:
+    """One spec per output directory: ``spec`` may run into ``store`` only if every run stored there
+    is one of its runs (``keys``) and its kind is the stored spec's kind (a rerun, a resumed run,
+    an extension such as more grid points or ``reference.floor``, or a change of the analysis
+    only). Otherwise :class:`StoreError`, before anything is written."""
+    stored = store.get_meta("spec") or {}
+    old_name, old_kind = stored.get("name", "?"), stored.get("kind")
+    have = store.keys()
+    foreign = have - set(keys)
+    if (old_kind is not None and old_kind != spec.kind) or foreign:
+        what = (f"kind {old_kind!r}, not {spec.kind!r}" if old_kind is not None and old_kind != spec.kind
+                else f"{len(foreign)} of its {len(have)} stored runs are not runs of this spec")
+        raise StoreError(f"--out {store.directory} holds the results of another spec ({old_name!r}: {what}); "
+                         "choose another --out or remove that directory")
+
+
 def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = None, jobs: int = 1,
-              progress: bool = True, console=None) -> SweepSummary:
+              progress: bool = True, console=None, store: Store | None = None) -> SweepSummary:
     """Execute every unfinished run of ``spec`` and store the results in ``out``.
 
     Finished runs (done or diverged) are never recomputed; failed ones are retried. A run whose
     reference (:func:`requires`) diverged or failed is not executed: it is *skipped*, with the
     reason, in ``summary.skipped_runs`` and the store's meta ``"skipped"`` (re-checked by every
     sweep, so it runs once a failed reference has been retried successfully). Results are written
-    by this (driver) process only, one transaction per run.
+    by this (driver) process only, one transaction per run. ``store``: an open store of ``out``
+    (default: one opened and locked for the sweep); a store holding another spec's runs is refused
+    (:func:`check_same_spec`).
     """
     kind = get_experiment(spec.kind)
     runs = kind.expand(spec)
@@ -113,11 +131,18 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
     t0 = time.perf_counter()
     summary = SweepSummary(Path(out), total=len(runs))
     own_executor = executor is None
-    executor = executor or LocalExecutor(jobs)
-    store = Store(out)
-    bar = _Progress(progress, console)
+    own_store = store is None
+    store = store or Store(out, lock=True)
     try:
         store.lock()
+        check_same_spec(store, spec, keys)
+    except BaseException:
+        if own_store:
+            store.close()
+        raise
+    executor = executor or LocalExecutor(jobs)
+    bar = _Progress(progress, console)
+    try:
         store.set_meta("spec", spec.config())
         finished = store.finished_keys()
         todo = [r for r in runs if r.key not in finished]
@@ -150,7 +175,8 @@ def run_sweep(spec: SpecBase, out: str | Path, *, executor: Executor | None = No
         bar.stop()
         if own_executor:
             executor.close()
-        store.close()
+        if own_store:
+            store.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -194,6 +220,8 @@ def _finish(kind, spec, run: Run, result: RunResult, store: Store) -> RunResult:
         return result
     try:
         return kind.finish(spec, run, result, store)
+    except StoreError:
+        raise  # the store itself is at fault: stop, never blame the run
     except Exception as err:  # noqa: BLE001 - stored as the run's error
         return RunResult(run.key, "failed", error=f"post-processing: {type(err).__name__}: {err}",
                          seconds=result.seconds)
@@ -201,11 +229,14 @@ def _finish(kind, spec, run: Run, result: RunResult, store: Store) -> RunResult:
 
 def run_experiment(spec: SpecBase, out: str | Path, *, executor: Executor | None = None, jobs: int = 1,
                    progress: bool = True, report: bool = True, console=None) -> SweepSummary:
-    """Sweep, then analyse and write ``report.html`` / ``report.md`` into ``out``."""
-    summary = run_sweep(spec, out, executor=executor, jobs=jobs, progress=progress, console=console)
-    if report:
-        from ..report.report import write_report
+    """Sweep, then analyse and write ``report.html`` / ``report.md`` into ``out``; the driver lock
+    is held from the first result until the report is written."""
+    with Store(out, lock=True) as store:
+        summary = run_sweep(spec, out, executor=executor, jobs=jobs, progress=progress, console=console,
+                            store=store)
+        if report:
+            from ..report.report import write_report
 
-        rep = write_report(out, spec=spec)
-        summary.analysis, summary.report, summary.summary_lines = rep.analysis, rep.paths, rep.summary
+            rep = write_report(out, spec=spec, store=store)
+            summary.analysis, summary.report, summary.summary_lines = rep.analysis, rep.paths, rep.summary
     return summary

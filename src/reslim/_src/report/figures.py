@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -11,16 +12,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .report import FigureRef  # noqa: E402
+from .report import FigureRef, atomic_write  # noqa: E402
 
 
 def save(fig, directory: Path, name: str, caption: str = "") -> FigureRef:
-    """Write ``name.png`` (120 dpi) and ``name.svg``; close the figure."""
+    """Write ``name.png`` (120 dpi) and ``name.svg`` atomically (a temporary file renamed over the
+    old one); close the figure."""
     directory.mkdir(parents=True, exist_ok=True)
     png, svg = directory / f"{name}.png", directory / f"{name}.svg"
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        for path, options in ((png, {"dpi": 120}), (svg, {})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **options)
+            atomic_write(path, buf.getvalue())
+    finally:
+        plt.close(fig)
     return FigureRef(png, caption, svg)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,30 +145,60 @@ def _expand(spec):
     return get_experiment(spec.kind).expand(spec)
 
 
-def write_report(out: str | Path, spec=None) -> ReportResult:
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary file in the same directory renamed over it: readers see
+    the old file or the new one, never a partial one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(out: str | Path, spec=None, store=None) -> ReportResult:
     """Analyse the store in ``out`` and write ``report.md``, ``report.html`` and figures there.
 
-    ``spec``: the spec to report on (default: the one stored with the results).
+    ``spec``: the spec to report on (default: the one stored with the results). ``store``: the
+    open store of ``out``, its lock held by the caller (default: open it and hold its lock while
+    the report is written). Every analysis, table and figure sees only ``spec``'s runs (the kind's
+    hooks get a view of the store restricted to them); files are written atomically.
     """
-    from ..experiments.registry import get_experiment
-    from ..experiments.spec import validate_spec
     from ..experiments.store import Store
 
-    out = Path(out)
-    with Store(out, create=False) as store:
-        if spec is None:
-            data = store.get_meta("spec")
-            if data is None:
-                raise ValueError(f"{out}: the store holds no spec")
-            spec = validate_spec(data)
-        kind = get_experiment(spec.kind)
-        analysis = kind.analyse(spec, store)
+    if store is not None:
+        return _write_report(Path(store.directory), spec, store)
+    with Store(out, create=False, lock=True) as own:
+        return _write_report(Path(own.directory), spec, own)
+
+
+def _write_report(out: Path, spec, store) -> ReportResult:
+    from ..experiments.registry import get_experiment
+    from ..experiments.spec import validate_spec
+    from ..experiments.store import StoreError
+
+    if spec is None:
+        data = store.get_meta("spec")
+        if data is None:
+            raise ValueError(f"{out}: the store holds no spec")
+        spec = validate_spec(data)
+    kind = get_experiment(spec.kind)
+    view = store.only(r.key for r in kind.expand(spec))  # this spec's runs, nothing else
+    try:
+        analysis = kind.analyse(spec, view)
         fig_dir = out / FIGURE_DIR
         fig_dir.mkdir(parents=True, exist_ok=True)
-        sections = [overview_section(spec, store), *kind.report(spec, store, analysis, fig_dir)]
+        sections = [overview_section(spec, view), *kind.report(spec, view, analysis, fig_dir)]
         summary = kind.summary(spec, analysis)
-    title = f"reslim report: {spec.name}"
-    md, htm = out / "report.md", out / "report.html"
-    md.write_text(render_markdown(title, sections, out))
-    htm.write_text(render_html(title, sections))
+        title = f"reslim report: {spec.name}"
+        md, htm = out / "report.md", out / "report.html"
+        atomic_write(md, render_markdown(title, sections, out))
+        atomic_write(htm, render_html(title, sections))
+    except OSError as err:  # disk full, read-only directory, ...
+        raise StoreError(f"cannot write the report in {out}: {err.strerror or err}"
+                         + (f" ({err.filename})" if err.filename else "")) from None
     return ReportResult({"markdown": md, "html": htm}, analysis, summary)
