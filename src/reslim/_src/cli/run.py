@@ -30,7 +30,8 @@ def data_overrides(spec, kind: str | None, directory: str | None) -> list[str]:
 def run(
     spec: str = typer.Argument(..., help="built-in spec name (e.g. convergence) or a path to a .toml spec"),
     overrides: list[str] = typer.Option([], "--set", help="override a spec field: key=value (TOML value)"),
-    out: str | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>)"),
+    out: str | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>, "
+                                    "runs/<spec name>-<hash> with --set overrides)"),
     jobs: int | None = typer.Option(None, "--jobs", help="tasks in parallel (local: worker processes, "
                                     "default 1; ray: default what the cluster holds)"),
     executor: str = typer.Option("local", "--executor", help="where tasks run: local or ray"),
@@ -54,7 +55,12 @@ def run(
     from ..experiments.spec import SpecError, load_spec
     from ..experiments.store import StoreError
     from ..experiments.sweep import run_experiment
-    from ..experiments.validation import check_output_dir, check_spec_memory, executor_options
+    from ..experiments.validation import (
+        check_output_dir,
+        check_spec_memory,
+        default_output_dir,
+        executor_options,
+    )
 
     try:
         options = executor_options(executor, jobs=jobs, address=address, cpus_per_task=cpus_per_task,
@@ -63,7 +69,7 @@ def run(
         s = load_spec(spec, overrides)
         if data is not None or data_dir is not None:
             s = load_spec(spec, [*overrides, *data_overrides(s, data, data_dir)])
-        out = check_output_dir(out if out is not None else Path("runs") / s.name)
+        out = check_output_dir(out if out is not None else default_output_dir(spec, s))
     except SpecError as err:
         fail(str(err))
     try:
@@ -124,11 +130,17 @@ def runs(
         fail(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     if limit < 0:
         fail(f"--limit must be >= 0 (0: all), got {limit}")
+    from ..experiments.store import StoreError
+
     with _store(directory) as store:
-        recs = store.records(status=status)
-        counts = store.counts()
-        spec = store.get_meta("spec") or {}
-        skipped = store.get_meta("skipped") or {}
+        try:
+            store.verify()  # every row and array against its checksum
+            recs = store.records(status=status)
+            counts = store.counts()
+            spec = store.get_meta("spec") or {}
+            skipped = store.get_meta("skipped") or {}
+        except StoreError as err:
+            fail(str(err))
     table = Table(title=f"{directory}: {spec.get('name', '?')} ({spec.get('kind', '?')}) — "
                   + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for col in ("id", "key", "run", "status", "seconds", "metrics / error"):

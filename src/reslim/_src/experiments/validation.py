@@ -30,6 +30,15 @@ def check_output_dir(out: str | Path, option: str = "--out") -> Path:
     if not str(out).strip():  # Path("") is the current directory
         raise InputError(f"{option} must name a directory, got {str(out)!r}")
     out = Path(out)
+    if out.suffix in (".sqlite", ".db") and not out.is_dir():
+        raise InputError(f"{option} {out}: give an output directory, not a store file (the store is "
+                         f"DIR/results.sqlite; e.g. {option} {out.with_suffix('')})")
+    for part in out.parts:
+        if len(os.fsencode(part)) > 255:
+            raise InputError(f"{option} {out}: the path component {part[:24]}... is "
+                             f"{len(os.fsencode(part))} bytes long, more than the 255 a file name may have")
+    if len(os.fsencode(os.path.abspath(out / "results.sqlite-wal"))) >= 4096:
+        raise InputError(f"{option} {str(out)[:40]}...: the path is too long (4096 bytes at most)")
     if out.exists() and not out.is_dir():
         raise InputError(f"{option} {out} exists and is not a directory")
     parent = out
@@ -45,6 +54,26 @@ def check_output_dir(out: str | Path, option: str = "--out") -> Path:
     if store.exists() and not store.is_file():
         raise InputError(f"{option} {out}: {store} is not a file")
     return out
+
+
+def default_output_dir(source, spec, root: str | Path = "runs") -> Path:
+    """``runs/<name>`` for a spec as written (built-in or file); with ``--set`` overrides that change
+    anything but its name, ``runs/<name>-<hash8>`` (the SHA-256 of the spec's canonical JSON), so
+    a modified spec never lands in the unmodified one's directory."""
+    import hashlib
+
+    from .registry import canonical_json
+    from .spec import load_spec
+
+    config = {k: v for k, v in spec.config().items() if k != "name"}
+    try:
+        plain = {k: v for k, v in load_spec(source).config().items() if k != "name"}
+    except SpecError:  # the spec is only valid with its overrides
+        plain = None
+    if plain == config:
+        return Path(root) / spec.name
+    digest = hashlib.sha256(canonical_json(spec.config()).encode()).hexdigest()[:8]
+    return Path(root) / f"{spec.name}-{digest}"
 
 
 # --- memory ----------------------------------------------------------------------------------------
