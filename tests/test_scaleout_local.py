@@ -45,7 +45,10 @@ def arrays():
     return {"f64": np.linspace(-1, 1, 7) ** 3, "f32": np.arange(6, dtype=np.float32).reshape(2, 3) / 3,
             "i64": np.array([-(2**62), 0, 2**62]), "bool": np.array([True, False]),
             "c128": np.array([1 + 2j, -3.5j]), "scalar": np.array(np.pi), "empty": np.zeros((0, 4)),
-            "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "u8": np.arange(256, dtype=np.uint8)}
+            "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "u8": np.arange(256, dtype=np.uint8),
+            "strided": np.arange(20.0).reshape(4, 5)[::2, 1::2], "text": np.array(["ab", "c"]),
+            "when": np.array(["2026-01-01"], dtype="datetime64[ns]"),
+            "record": np.array([(1.5, 2)], dtype=[("x", "<f8"), ("n", "<i4")])}
 
 
 class Evil(ExperimentKind):
@@ -89,7 +92,7 @@ def _same(a: RunResult, b: RunResult) -> None:
     for k in a.arrays:
         x, y = a.arrays[k], b.arrays[k]
         assert x.dtype == y.dtype and x.shape == y.shape, k
-        assert x.tobytes(order="A") == y.tobytes(order="A"), k
+        assert x.tobytes(order="A") == y.tobytes(order="A") and x.dtype.fields == y.dtype.fields, k
         assert x.flags.f_contiguous == y.flags.f_contiguous, k
 
 
@@ -123,16 +126,17 @@ def test_result_encoding_round_trip_and_refuses_pickled_arrays(tmp_path, evil_mo
     assert len(back) == 3
     for a, b in zip(results, back, strict=True):
         _same(b, a)
-    # a message whose array is a pickled object array (np.save with allow_pickle=True) is refused
-    # by np.load(allow_pickle=False), so the object inside is never rebuilt
+    assert all(x.flags.writeable for r in back for x in r.arrays.values())
+    # forged messages: a pickled object array (np.save with allow_pickle=True) is refused by
+    # np.load(allow_pickle=False), an object dtype string by the decoder: nothing is rebuilt
     buf = io.BytesIO()
     np.save(buf, np.array([object()]), allow_pickle=True)
-    blob = buf.getvalue()
-    head = json.dumps([{"key": "k", "status": "done", "metrics": {}, "error": None, "seconds": 0.0,
-                        "arrays": [["a", len(blob)]]}]).encode()
-    forged = len(head).to_bytes(8, "little") + head + blob
-    with pytest.raises(ValueError, match="allow_pickle"):
-        decode_results(forged)
+    for spec, blob, match in [({"npy": True}, buf.getvalue(), "allow_pickle"),
+                              ({"dtype": "|O", "shape": [1], "order": "C"}, bytes(8), "object arrays")]:
+        head = json.dumps([{"key": "k", "status": "done", "metrics": {}, "error": None, "seconds": 0.0,
+                            "arrays": [{"name": "a", "nbytes": len(blob), **spec}]}]).encode()
+        with pytest.raises(ValueError, match=match):
+            decode_results(len(head).to_bytes(8, "little") + head + blob)
 
 
 def test_a_dead_worker_costs_a_retry_of_its_own_task_only(tmp_path):

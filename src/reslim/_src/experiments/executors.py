@@ -8,9 +8,9 @@ for ``jobs=1``, else spawn-started worker processes).
 
 The local workers and their driver exchange bytes only, never pickles: a task goes to a worker as
 JSON (:func:`encode_task`), its results come back as a JSON header (key, status, metrics, error,
-seconds, array names and sizes) followed by the arrays as ``np.save`` bytes
-(:func:`encode_results`; read with ``allow_pickle=False``), over ``multiprocessing`` pipes used
-with ``send_bytes`` / ``recv_bytes``, which never unpickle.
+seconds, and each array's name, dtype, shape and size) followed by the arrays' raw bytes
+(:func:`encode_results`), over ``multiprocessing`` pipes used with ``send_bytes`` /
+``recv_bytes``, which never unpickle.
 """
 
 from __future__ import annotations
@@ -146,38 +146,60 @@ class Executor(ABC):
 _HEADER = struct.Struct("<Q")
 
 
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(Run))
+
+
 def encode_task(task: Task, threads: int) -> bytes:
     """A task (and the torch threads to run it with) as JSON bytes; runs' configs are JSON-able."""
     return json.dumps({"kind": task.kind, "module": task.module, "threads": threads,
-                       "runs": [dataclasses.asdict(r) for r in task.runs]}).encode()
+                       "runs": [[getattr(r, f) for f in _RUN_FIELDS] for r in task.runs]}).encode()
 
 
 def decode_task(data: bytes) -> tuple[Task, int]:
     """Inverse of :func:`encode_task` (in the worker)."""
     d = json.loads(data)
-    return Task(d["kind"], d["module"], tuple(Run(**r) for r in d["runs"])), int(d["threads"])
+    runs = tuple(Run(**dict(zip(_RUN_FIELDS, r, strict=True))) for r in d["runs"])
+    return Task(d["kind"], d["module"], runs), int(d["threads"])
 
 
-def _npy(a: Any) -> bytes:
+def _pack_array(name: str, a: Any) -> tuple[dict[str, Any], bytes]:
+    """``(header entry, bytes)`` of one array: its raw bytes in C or Fortran order with the dtype
+    string and shape, or (a dtype that its string does not describe, e.g. nested structured
+    fields) ``np.save`` bytes. Object arrays are refused: only pickle could carry them."""
     a = np.asarray(a)
     if a.dtype.hasobject:
-        raise TypeError(f"object arrays cannot be sent (dtype {a.dtype})")
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
+        raise TypeError(f"object arrays cannot be sent (array {name!r}, dtype {a.dtype})")
+    if np.dtype(a.dtype.str) != a.dtype:
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        data = buf.getvalue()
+        return {"name": name, "npy": True, "nbytes": len(data)}, data
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    data = a.tobytes(order=order)
+    return {"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "order": order,
+            "nbytes": len(data)}, data
+
+
+def _unpack_array(e: dict[str, Any], data: memoryview) -> np.ndarray:
+    if e.get("npy"):
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    dtype = np.dtype(e["dtype"])
+    if dtype.hasobject:
+        raise ValueError(f"object arrays are not accepted (array {e['name']!r})")
+    return np.frombuffer(data, dtype=dtype).reshape(e["shape"], order=e["order"]).copy(order="K")
 
 
 def encode_results(results: Sequence[RunResult]) -> bytes:
     """Results as bytes: an 8-byte length, a JSON header (one entry per result: key, status,
-    metrics, error, seconds, ``[name, nbytes]`` of each array), then the arrays' ``np.save``
-    bytes in header order. A result that cannot be encoded (metrics that are not JSON, object
-    arrays) becomes ``failed`` with the reason."""
+    metrics, error, seconds, and name, dtype, shape, order and size of each array), then the
+    arrays' bytes in header order. A result that cannot be encoded (metrics that are not JSON,
+    object arrays) becomes ``failed`` with the reason."""
     entries, blobs = [], []
     for r in results:
         try:
-            arrays = [(str(name), _npy(a)) for name, a in r.arrays.items()]
+            arrays = [_pack_array(str(name), a) for name, a in r.arrays.items()]
             entry = json.dumps({"key": r.key, "status": r.status, "metrics": r.metrics, "error": r.error,
-                                "seconds": float(r.seconds), "arrays": [[n, len(b)] for n, b in arrays]})
+                                "seconds": float(r.seconds), "arrays": [h for h, _ in arrays]})
         except Exception as err:  # noqa: BLE001 - reported as the run's error
             arrays = []
             entry = json.dumps({"key": r.key, "status": "failed", "metrics": {}, "arrays": [],
@@ -190,15 +212,19 @@ def encode_results(results: Sequence[RunResult]) -> bytes:
 
 
 def decode_results(data: bytes) -> list[RunResult]:
-    """Inverse of :func:`encode_results` (in the driver): JSON and ``np.load(allow_pickle=False)``."""
+    """Inverse of :func:`encode_results` (in the driver): ``json.loads``, ``np.frombuffer`` with a
+    dtype string, ``np.load(allow_pickle=False)``; nothing here can rebuild a Python object."""
     view = memoryview(data)
     (n,) = _HEADER.unpack_from(view)
     pos = _HEADER.size + n
     out = []
     for e in json.loads(bytes(view[_HEADER.size:pos])):
         arrays = {}
-        for name, size in e["arrays"]:
-            arrays[name] = np.load(io.BytesIO(view[pos:pos + size]), allow_pickle=False)
+        for h in e["arrays"]:
+            size = int(h["nbytes"])
+            if pos + size > len(view):
+                raise ValueError("malformed worker message: truncated arrays")
+            arrays[h["name"]] = _unpack_array(h, view[pos:pos + size])
             pos += size
         out.append(RunResult(e["key"], e["status"], e["metrics"], arrays, e["error"], float(e["seconds"])))
     if pos != len(view):
@@ -230,23 +256,13 @@ def _init_worker(threads: int, driver: int) -> None:
 
 def _worker_main(tasks, results, threads: int, driver: int) -> None:
     """A worker process: read tasks (JSON bytes) from ``tasks``, send their encoded results to
-    ``results``, in order; exit when the driver closes ``tasks`` or dies. A reader thread drains
-    ``tasks`` at once, so the driver never blocks on a send while this worker blocks on one."""
-    import queue
-    import threading
-
+    ``results``, in order; exit when the driver closes ``tasks`` or dies."""
     _init_worker(threads, driver)
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-
-    def read() -> None:
+    while True:
         try:
-            while True:
-                inbox.put(tasks.recv_bytes())
-        except (EOFError, OSError):
-            inbox.put(None)
-
-    threading.Thread(target=read, name="reslim-task-reader", daemon=True).start()
-    while (msg := inbox.get()) is not None:
+            msg = tasks.recv_bytes()
+        except (EOFError, OSError):  # closed by the driver, or the driver is gone
+            return
         task, n = decode_task(msg)
         try:
             results.send_bytes(encode_results(execute_task(task, n)))
@@ -288,6 +304,9 @@ def _stop_workers(workers: list[_Worker], kill: bool = False) -> None:
 
 
 _AT_EXIT = False
+#: largest task message queued behind a running task: it must fit in the (empty) pipe buffer
+#: (64 KiB on Linux), or the driver could block on it while the worker blocks sending a result
+_QUEUED_MAX = 16 * 1024
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # local executors that may hold workers
 
 
@@ -318,7 +337,7 @@ class LocalExecutor(Executor):
     ``max_retries``: resubmissions of a task whose worker process died (only that task counts an
     attempt; the tasks queued behind it on that worker go to a fresh worker unchanged); then its
     runs are ``failed``. Each worker holds at most two tasks (one running, one queued); tasks
-    and results travel as bytes (JSON and ``np.save``), never pickled.
+    and results travel as bytes (JSON and raw array bytes), never pickled.
     """
 
     name = "local"
@@ -376,8 +395,11 @@ class LocalExecutor(Executor):
                         workers[i] = w = self._new_worker()
                     while queue and len(w.pending) < 2:
                         task, _ = queue[0]
+                        msg = encode_task(task, self.threads_for(task))
+                        if w.pending and len(msg) > _QUEUED_MAX:
+                            break  # sent once the worker is idle, when a send cannot block for long
                         try:
-                            w.tasks.send_bytes(encode_task(task, self.threads_for(task)))
+                            w.tasks.send_bytes(msg)
                         except OSError:  # the worker died: noticed through its sentinel
                             break
                         w.pending.append(queue.popleft())
