@@ -173,8 +173,19 @@ def test_report_reads_only_this_specs_runs(tmp_path, one_thread):
                                       "runs=['embedding']", "train.lr=0.5"])
     (tmp_path / "spec.toml").write_text(TINY)
     mine = load_spec(str(tmp_path / "spec.toml"))
-    run_sweep(other, out, progress=False)
+    run_sweep(other, tmp_path / "other", progress=False)
     run_sweep(mine, out, progress=False)
+    # a store mixing two specs' runs, as older reslim wrote them (a second spec is now refused)
+    import sqlite3
+
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("ATTACH ? AS o", (str(tmp_path / "other" / "results.sqlite"),))
+    cols = "key, kind, stage, grp, label, config, status, metrics, error, seconds, attempts, created, " \
+           "finished, checksum"
+    con.execute(f"INSERT OR IGNORE INTO runs ({cols}) SELECT {cols} FROM o.runs")
+    con.execute("INSERT OR IGNORE INTO arrays SELECT * FROM o.arrays")
+    con.commit()
+    con.close()
     kind = get_experiment("convergence")
     with Store(out, create=False) as store:
         curves, ref = _loss_curves(kind, mine, store)
