@@ -389,20 +389,11 @@ class LocalExecutor(Executor):
             workers.append(self._new_worker())
         try:
             while queue or any(w.pending for w in workers):
-                for i, w in enumerate(workers):  # one running and one queued task per worker
+                for i, w in enumerate(workers):
                     if not w.pending and w.proc.exitcode is not None:  # died while idle
                         w.stop()
                         workers[i] = w = self._new_worker()
-                    while queue and len(w.pending) < 2:
-                        task, _ = queue[0]
-                        msg = encode_task(task, self.threads_for(task))
-                        if w.pending and len(msg) > _QUEUED_MAX:
-                            break  # sent once the worker is idle, when a send cannot block for long
-                        try:
-                            w.tasks.send_bytes(msg)
-                        except OSError:  # the worker died: noticed through its sentinel
-                            break
-                        w.pending.append(queue.popleft())
+                    self._feed(w, queue)
                 busy = [w for w in workers if w.pending]
                 if not busy:
                     continue
@@ -423,6 +414,7 @@ class LocalExecutor(Executor):
                             yield outcome
                         continue
                     task, _ = w.pending.popleft()
+                    self._feed(w, queue)  # before the driver stores this result
                     try:
                         results = decode_results(data)
                     except Exception as err:  # noqa: BLE001 - a malformed message
@@ -435,6 +427,21 @@ class LocalExecutor(Executor):
                 for w in stale:
                     workers.remove(w)
                 _stop_workers(stale, kill=True)
+
+    def _feed(self, w: _Worker, queue: deque) -> None:
+        """Send ``w`` tasks up to one running and one queued; a queued one only while the queue
+        holds a task for every worker (at the tail, tasks go to idle workers), and only when its
+        message fits in the pipe's buffer (a send to a busy worker cannot block then)."""
+        while queue and (not w.pending or (len(w.pending) < 2 and len(queue) >= self.jobs)):
+            task, _ = queue[0]
+            msg = encode_task(task, self.threads_for(task))
+            if w.pending and len(msg) > _QUEUED_MAX:
+                return  # sent once the worker is idle
+            try:
+                w.tasks.send_bytes(msg)
+            except OSError:  # the worker died: noticed through its sentinel
+                return
+            w.pending.append(queue.popleft())
 
     def _lost(self, workers: list[_Worker], i: int, queue: deque) -> TaskOutcome | None:
         """Worker ``i`` died: replace it; its running task is retried (or comes back ``failed``
