@@ -99,7 +99,8 @@ def unit_samples(r: int, samples: int, replicas: int, seed: int, antithetic: boo
 class _Sweeps:
     """Particles of one chunk of draws and the three phases of a GD step (forward, backward,
     update). Shapes: b draws, R replicas, nf = 2S+1 fine depth nodes, Q samples, r coordinates,
-    N training samples: ``U``, ``V`` (b, R, nf, Q, r); ``a``, ``c`` (b, R, nf, r, N)."""
+    N training samples: ``U[j]``, ``V[j]`` (b, R, Q, r) the particles at node j (one contiguous
+    tensor per node, so that a node's work stays in cache); ``a``, ``c`` (b, R, nf, r, N)."""
 
     def __init__(self, zeta: torch.Tensor, P: torch.Tensor, S: int, alpha: float, act,
                  stein: bool = True) -> None:
@@ -107,79 +108,98 @@ class _Sweeps:
         zu = zeta[None, :, :, :r] @ P[:, None]  # (b, R, Q, r): N(0, P), range(G) only
         zv = zeta[None, :, :, r:] @ P[:, None]
         nf = 2 * S + 1
-        self.U = zu[:, :, None].expand(-1, -1, nf, -1, -1).clone()
-        self.V = zv[:, :, None].expand(-1, -1, nf, -1, -1).clone()
+        self.U = [zu.clone() for _ in range(nf)]
+        self.V = [zv.clone() for _ in range(nf)]
         self.S, self.alpha, self.act = S, alpha, act
         self.Q = zeta.shape[1]
+        self.Z: list = [None] * nf  # z and sigma(z) at each node's final a (from the forward sweep)
+        self.F: list = [None] * nf
+        self.GW: list = [None] * nf  # sigma'(z) w at each node's final c (from the backward sweep)
         # stein=False (a control that must fail): the drifts use only the units' displacements
         # alpha_k, beta_k, dropping the zeta parts E[zeta_v sigma(z)], E[zeta_u sigma'(z) w]
-        self.zu, self.zv = (None, None) if stein else (zu[:, :, None], zv[:, :, None])
+        self.zu, self.zv = (None, None) if stein else (zu, zv)
 
     def _out_u(self, j: int) -> torch.Tensor:
-        return self.U[:, :, j] if self.zu is None else self.U[:, :, j] - self.zu[:, :, 0]
+        return self.U[j] if self.zu is None else self.U[j] - self.zu
 
     def _out_v(self, j: int) -> torch.Tensor:
-        return self.V[:, :, j] if self.zv is None else self.V[:, :, j] - self.zv[:, :, 0]
+        return self.V[j] if self.zv is None else self.V[j] - self.zv
 
-    def _f(self, j: int, a: torch.Tensor) -> torch.Tensor:
-        """da/ds at node j: alpha E[v~ sigma(u~ . a)], (b, R, r, N)."""
-        z = self.U[:, :, j] @ a
-        return (self.alpha / self.Q) * (self._out_v(j).transpose(-1, -2) @ self.act.fn(z))
+    def _f(self, j: int, a: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """da/ds at node j: alpha E[v~ sigma(u~ . a)], (b, R, r, N). ``keep``: ``a`` is the
+        node's final value; z and sigma(z) are kept for the backward sweep and the update."""
+        z = self.U[j] @ a
+        f = self.act.fn(z)
+        if keep:
+            self.Z[j], self.F[j] = z, f
+        return (self._out_v(j).transpose(-1, -2) @ f).mul_(self.alpha / self.Q)
 
-    def _g(self, j: int, dsig: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """dc/ds at node j: -alpha E[u~ sigma'(z) (v~ . c)], (b, R, r, N)."""
-        w = self.V[:, :, j] @ c
-        return (-self.alpha / self.Q) * (self._out_u(j).transpose(-1, -2) @ (dsig * w))
+    def _g(self, j: int, dsig: torch.Tensor, c: torch.Tensor, keep: bool = False) -> torch.Tensor:
+        """dc/ds at node j: -alpha E[u~ sigma'(z) (v~ . c)], (b, R, r, N). ``keep``: ``c`` is
+        the node's final value; sigma'(z) w is kept for the update."""
+        gw = (self.V[j] @ c).mul_(dsig)
+        if keep:
+            self.GW[j] = gw
+        return (self._out_u(j).transpose(-1, -2) @ gw).mul_(-self.alpha / self.Q)
 
     def forward(self, a0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RK4 from s = 0: a and da/ds on the fine grid, each (b, R, nf, r, N)."""
         S, h = self.S, 1.0 / self.S
         a_f = a0.new_empty((*a0.shape[:2], 2 * S + 1, *a0.shape[2:]))
         da_f = torch.empty_like(a_f)
-        a, f0 = a0, self._f(0, a0)
+        a, f0 = a0, self._f(0, a0, keep=True)
         for i in range(S):
             j0, jm, j1 = 2 * i, 2 * i + 1, 2 * i + 2
-            k2 = self._f(jm, a + (h / 2) * f0)
-            k3 = self._f(jm, a + (h / 2) * k2)
-            k4 = self._f(j1, a + h * k3)
+            k2 = self._f(jm, torch.add(a, f0, alpha=h / 2))
+            k3 = self._f(jm, torch.add(a, k2, alpha=h / 2))
+            k4 = self._f(j1, torch.add(a, k3, alpha=h))
             a1 = a + (h / 6) * (f0 + 2 * k2 + 2 * k3 + k4)
-            f1 = self._f(j1, a1)
+            f1 = self._f(j1, a1, keep=True)
             a_f[:, :, j0], da_f[:, :, j0] = a, f0
             a_f[:, :, jm] = 0.5 * (a + a1) + (h / 8) * (f0 - f1)
-            da_f[:, :, jm] = self._f(jm, a_f[:, :, jm])
+            da_f[:, :, jm] = self._f(jm, a_f[:, :, jm], keep=True)
             a, f0 = a1, f1
         a_f[:, :, 2 * S], da_f[:, :, 2 * S] = a, f0
         return a_f, da_f
 
     def backward_and_update(self, a_f: torch.Tensor, c1: torch.Tensor, g: float | None):
         """RK4 from s = 1 down to 0 for c (linear in c), then (``g`` not None) the GD update of
-        the particles at every node at once. sigma(z) and sigma'(z) at every node are computed
-        once, before the sweep (the particles do not move during it). Returns c, dc/ds."""
+        the particles at each node once the sweep has passed it. sigma(z) at a node is the
+        forward sweep's, sigma'(z) is computed once per node. Returns c, dc/ds (fine grid)."""
         S, h = self.S, -1.0 / self.S
         c_f = torch.empty_like(a_f)
         dc_f = torch.empty_like(a_f)
-        Z = self.U @ a_f  # (b, R, nf, Q, N)
-        F = self.act.fn(Z)
-        DS = self.act.grad(Z, F)
-        del Z
+        dsig: dict[int, torch.Tensor] = {}
+
+        def ds(j: int) -> torch.Tensor:
+            if j not in dsig:
+                dsig[j] = self.act.grad(self.Z[j], self.F[j])
+            return dsig[j]
+
+        def update(j: int) -> None:  # u~ -= g sum_n a_n sigma'(z_n) w_n,  v~ -= g sum_n c_n sigma(z_n)
+            if g is not None:
+                self.U[j].sub_(self.GW[j] @ a_f[:, :, j].transpose(-1, -2), alpha=g)
+                self.V[j].sub_(self.F[j] @ c_f[:, :, j].transpose(-1, -2), alpha=g)
+            self.Z[j] = self.F[j] = self.GW[j] = None
+            dsig.pop(j, None)
+
         n = 2 * S
-        c, f0 = c1, self._g(n, DS[:, :, n], c1)
+        c, f0 = c1, self._g(n, ds(n), c1, keep=True)
         for i in range(S):
             j0, jm, j1 = n - 2 * i, n - 2 * i - 1, n - 2 * i - 2
-            k2 = self._g(jm, DS[:, :, jm], c + (h / 2) * f0)
-            k3 = self._g(jm, DS[:, :, jm], c + (h / 2) * k2)
-            k4 = self._g(j1, DS[:, :, j1], c + h * k3)
+            k2 = self._g(jm, ds(jm), torch.add(c, f0, alpha=h / 2))
+            k3 = self._g(jm, ds(jm), torch.add(c, k2, alpha=h / 2))
+            k4 = self._g(j1, ds(j1), torch.add(c, k3, alpha=h))
             c_new = c + (h / 6) * (f0 + 2 * k2 + 2 * k3 + k4)
-            f1 = self._g(j1, DS[:, :, j1], c_new)
+            f1 = self._g(j1, ds(j1), c_new, keep=True)
             c_f[:, :, j0], dc_f[:, :, j0] = c, f0
             c_f[:, :, jm] = 0.5 * (c + c_new) + (h / 8) * (f0 - f1)
-            dc_f[:, :, jm] = self._g(jm, DS[:, :, jm], c_f[:, :, jm])
+            dc_f[:, :, jm] = self._g(jm, ds(jm), c_f[:, :, jm], keep=True)
             c, f0 = c_new, f1
+            update(j0)
+            update(jm)
         c_f[:, :, 0], dc_f[:, :, 0] = c, f0
-        if g is not None:  # u~ -= g sum_n a_n sigma'(z_n) w_n,  v~ -= g sum_n c_n sigma(z_n)
-            DS *= self.V @ c_f
-            self.U -= g * (DS @ a_f.transpose(-1, -2))
-            self.V -= g * (F @ c_f.transpose(-1, -2))
+        update(0)
         return c_f, dc_f
 
 
