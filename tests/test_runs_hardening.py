@@ -159,6 +159,10 @@ def test_runs_of_a_diverged_reference_are_skipped_and_never_rerun(capsys, spec_f
     assert code == 1
     errors = [ln for ln in err.splitlines() if ln.startswith("error")]
     assert len(errors) == 1 and errors[0].startswith("error: no usable result in ")
+    # the report counts them as skipped, with the reason, not as "not run"
+    report = (out / "report.md").read_text()
+    assert f"{N_RUNS - N_REFS} skipped, 0 not run" in report
+    assert "Skipped (not computed, their reference is not usable): reference " in report
 
 
 def test_runs_of_a_failed_reference_are_skipped_until_it_succeeds(spec_file, tmp_path, monkeypatch):

@@ -117,12 +117,17 @@ def overview_section(spec, store) -> Section:
     mine = df[df["key"].isin(keys)] if len(df) else df
     counts = mine["status"].value_counts().to_dict() if len(mine) else {}
     total = len(keys)
-    missing = total - len(mine)
+    skipped = {k: v for k, v in (store.get_meta("skipped", {}) or {}).items() if k in keys}
+    missing = total - len(mine) - len(skipped)
     paras = [
         f"Experiment `{spec.name}` (kind `{spec.kind}`): {total} runs — "
         f"{counts.get('done', 0)} done, {counts.get('diverged', 0)} diverged (excluded from fits), "
-        f"{counts.get('failed', 0)} failed, {missing} not run.",
+        f"{counts.get('failed', 0)} failed, {len(skipped)} skipped, {missing} not run.",
     ]
+    if skipped:
+        reasons = sorted({str(v.get("reason", "?")) for v in skipped.values()})
+        more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+        paras.append(f"Skipped (not computed, their reference is not usable): {reasons[0]}{more}.")
     if spec.description:
         paras.insert(0, spec.description)
     try:
