@@ -281,13 +281,22 @@ def summary_lines(res: ConvergenceAnalysis) -> list[str]:
     return lines
 
 
+def _describe_reference(ref) -> str:
+    """``the limit `large-d` (options ...)`` or ``a (L, M, D) network``, for the report's text."""
+    if getattr(ref, "kind", None) == "limit":
+        opts = ", ".join(f"{k} = {v}" for k, v in sorted(ref.options.items()))
+        return f"the limit `{ref.name}`" + (f", {opts}" if opts else "")
+    floor = ", with twins measuring its own error" if getattr(ref, "floor", False) else ""
+    return f"a finite {tuple(ref.shape)} network{floor}"
+
+
 def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Section]:
     from ..experiments.convergence import PUBLISHED
 
     out = []
     fit_sec = Section("Fitted rates", [
         f"Errors at GD step k = {res.step} against the reference "
-        f"({spec.reference.model_dump(mode='json')}); RMS over coordinates d <= D, samples and "
+        f"({_describe_reference(spec.reference)}); RMS over coordinates d <= D, samples and "
         "repetitions (diverged repetitions excluded, never set to zero). Power laws are fitted "
         "in log-log with 95% bootstrap intervals over repetitions; the P fit uses the best shape "
         "at each P. Theory (theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "

@@ -77,7 +77,8 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f2f2f2}img{max-width:100%}figure{margin:1em 0}
-figcaption{font-size:.9em;color:#555}code{background:#f4f4f4;padding:0 .2em}"""
+figcaption{font-size:.9em;color:#555}code{background:#f4f4f4;padding:0 .2em}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f8f8f8;padding:.5em}"""
 
 
 def _inline(text: str) -> str:
@@ -110,6 +111,24 @@ def render_html(title: str, sections: list[Section]) -> str:
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
 
 
+def _inline_arrays(toml: str) -> str:
+    """Arrays of scalars on one line, ``M = [2, 4, 8]``, as a person writes them."""
+    import re
+
+    def one_line(m: re.Match) -> str:
+        return "[" + ", ".join(x.strip().rstrip(",") for x in m.group(1).splitlines()) + "]"
+
+    return re.sub(r"\[\n((?:[ \t]+[^\[\]{}\n]+,\n)+)\]", one_line, toml)
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_without_none(v) for v in value]
+    return value
+
+
 def overview_section(spec, store) -> Section:
     """Spec, run counts by status (diverged and failed are counted, never hidden), failures."""
     df = store.dataframe()
@@ -130,10 +149,10 @@ def overview_section(spec, store) -> Section:
         paras.append(f"Skipped (not computed, their reference is not usable): {reasons[0]}{more}.")
     if spec.description:
         paras.insert(0, spec.description)
-    try:
+    try:  # the spec as TOML, as the user writes it (TOML has no null: unset fields are left out)
         import tomli_w
 
-        text = tomli_w.dumps(spec.config())
+        text = _inline_arrays(tomli_w.dumps(_without_none(spec.config())))
     except (ImportError, TypeError, ValueError):
         text = json.dumps(spec.config(), indent=1)
     paras.append("```\n" + text.strip() + "\n```")
