@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import reslim.cli  # noqa: F401  (registers commands)
-from reslim._src.cli.app import app
+from _cli import run_spec_text as _run
 from reslim.experiments import SpecError, get_experiment, load_spec, plan_tasks, run_sweep
 
 FAST = "{samples = 1024, S = 8}"
@@ -28,14 +27,6 @@ steps = 3
 [analysis]
 n_boot = 20
 """
-
-
-def _run(tmp_path, text: str, *extra: str):
-    spec = tmp_path / "spec.toml"
-    spec.write_text(text)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["run", str(spec), "--out", str(out), "--no-progress", *extra])
-    return result, out
 
 
 def _one_line_exit_2(result, out, field: str) -> str:

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 import reslim.cli  # noqa: F401  (registers commands)
+from _cli import run_spec_text as _run
 from reslim._src.cli.app import app
 from reslim.experiments import ConvergenceSpec, SpecError, builtin_specs, load_spec
 
@@ -21,14 +22,6 @@ D = [2, 8]
 [train]
 steps = 2
 """
-
-
-def _run(tmp_path, text: str, *extra: str):
-    spec = tmp_path / "spec.toml"
-    spec.write_text(text)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["run", str(spec), "--out", str(out), "--no-progress", *extra])
-    return result, out
 
 
 BAD = [

@@ -8,26 +8,11 @@ import time
 import pytest
 
 import reslim.cli  # noqa: F401  (registers commands)
-from reslim._src.cli.app import run_app
+from _cli import invoke as _invoke
+from _cli import one_line_error as _one_line
 from reslim.experiments import SpecError, load_spec
 
 PROBE = 'kind = "probe"\nname = "p"\nruns = 2\nwork = 1\nsize = 4\n'
-
-
-def _invoke(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        run_app(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def _one_line(code, out, err, *needles):
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, (out, err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, option", [

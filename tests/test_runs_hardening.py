@@ -14,7 +14,7 @@ import pytest
 
 import reslim
 import reslim.cli  # noqa: F401  (registers commands)
-from reslim._src.cli.app import run_app
+from _cli import invoke as _invoke
 from reslim._src.experiments.registry import get_experiment
 from reslim._src.training.divergence import DIVERGENCE_FACTOR, divergence_steps
 from reslim.experiments import Store, load_spec, run_sweep
@@ -35,13 +35,6 @@ lr = 1.0
 n_boot = 10
 """
 N_REFS, N_RUNS = 2, 2 + 2 * 4 * 2  # references; all runs (2 roles x 4 shapes x 2 repetitions)
-
-
-def _invoke(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        run_app(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
 
 
 @pytest.fixture

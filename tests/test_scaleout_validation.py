@@ -4,7 +4,6 @@ store; no unpickling anywhere."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import reslim.cli  # noqa: F401  (registers the commands)
-from reslim._src.cli.app import run_app
+from _cli import invoke as _invoke
+from _cli import tree as _tree
 from reslim._src.experiments.spec import load_spec
 from reslim._src.experiments.sweep import run_sweep
 from reslim._src.experiments.validation import InputError, check_memory, executor_options, run_bytes
@@ -67,18 +67,6 @@ BAD = [  # (id, extra arguments, text the one-line error must contain)
     ("negative retries", ["--max-retries", "-1"], "--max-retries"),
     ("unknown option", ["--bogus"], "--bogus"),
 ]
-
-
-def _invoke(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        run_app(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def _tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ followed through a symbolic link."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
 import resource
@@ -22,10 +21,17 @@ import numpy as np
 import pytest
 
 import reslim.cli  # noqa: F401  (registers the commands)
-from reslim._src.cli.app import run_app
+from _cli import invoke as _invoke
+from _cli import one_line_error as _one_line
+from _cli import tree
 from reslim._src.experiments.spec import load_spec
 from reslim._src.experiments.store import Store, StoreError
 from reslim._src.experiments.sweep import run_experiment
+
+
+def _tree(path):
+    return tree(path, skip=("results.lock",))
+
 
 CLI = [sys.executable, "-c", "from reslim.cli import main; main()"]
 TINY = ["grid.L=[2]", "grid.M=[2,8]", "grid.D=[2,4]", "repetitions=1", "train.steps=3", "analysis.n_boot=10",
@@ -35,27 +41,6 @@ PROBE = 'kind = "probe"\nname = "pr"\nruns = 6\nwork = 1\nsize = 64\n'
 
 def _sets(items):
     return [a for s in items for a in ("--set", s)]
-
-
-def _invoke(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        run_app(argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err
-
-
-def _one_line(code, out, err, *texts):
-    assert code == 2, (out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for t in texts:
-        assert t in lines[0], (t, lines[0])
-    return lines[0]
-
-
-def _tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != "results.lock"}
 
 
 def _rows(db: Path) -> list[tuple]:
@@ -464,4 +449,3 @@ def test_lock_file_is_not_followed(capsys, tmp_path, what):
     lock.unlink()
     code, o, e = _invoke(capsys, argv)
     assert code == 0 and "6 runs, 4 already stored" in o, e
-
