@@ -68,7 +68,7 @@ def test_rank_deficient_embedding_is_solved_in_a_basis():
     assert np.isfinite(t.outputs).all()
 
 
-@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "relu"])
 def test_finite_networks_approach_fixed_d_mean_ode(activation):
     """Finite networks of growing (L, M) at fixed D approach the sampled Mean ODE at the rate
     x = 1/L + sqrt(D/(L M)) (theory §2.1); the same networks against the solver with the Stein
