@@ -3,7 +3,7 @@
     python bench/limits.py [--quick] [--ref-shape 50,2000,2000]
 
 Times are the best of a few repeats, in seconds, float64, on this machine's CPU. The
-``nonlinear_*`` lines compare, in one run, the exact large-D limit for tanh (theory.md §3.1
+``nonlinear_*`` lines compare, in one run, the exact large-D limit for tanh (docs/theory.md §3.1
 setup: d_in = d_out = 5, N = 10, K = 15, eta = 1, loss "mean", W_e ~ N(0, 1/d_in),
 W_u ~ N(0, d_out), the solver's default accuracy) with training the finite reference network
 of ``--ref-shape`` (default the paper's (50, 2000, 2000)) on the same problem.

@@ -1,4 +1,4 @@
-"""Benchmark: wall time of the paper's convergence grid (theory.md §3.1, both runs) against the
+"""Benchmark: wall time of the paper's convergence grid (docs/theory.md §3.1, both runs) against the
 machine's flop roofline. Prints ``name: value`` lines.
 
     python bench/paper_grid.py                 # full grid (sizes <= 2000), float64 and float32

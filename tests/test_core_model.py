@@ -1,4 +1,4 @@
-"""The finite model against theory.md §1: reference form, invariants, batching, divergence."""
+"""The finite model against docs/theory.md §1: reference form, invariants, batching, divergence."""
 
 import os
 from pathlib import Path
@@ -11,7 +11,7 @@ from reslim import Dataset, ResNet, Shape, gaussian_data, get_parameterization, 
 
 
 def _numpy_reference_step(W_e, U, V, W_u, X, Y, alpha, eta, loss):
-    """theory.md §1 written unit by unit in NumPy: forward, risk and one GD step.
+    """docs/theory.md §1 written unit by unit in NumPy: forward, risk and one GD step.
 
     U, V: (L, D, M) with N(0, D) entries; returns (outputs (N, d_out), new U, new V).
     """

@@ -1,4 +1,4 @@
-"""Parameterizations as data: monomial rules, presets against theory.md §1, symmetries, CLI."""
+"""Parameterizations as data: monomial rules, presets against docs/theory.md §1, symmetries, CLI."""
 
 import numpy as np
 import pytest
@@ -64,8 +64,9 @@ def test_depth_mup_correction_is_a_parameter():
 def test_reparameterization_symmetry(optimizer):
     """Init x c, multiplier / c and lr x c^2 (SGD) or x c (Adam) change nothing.
 
-    (theory.md §1 words the SGD rule as "lr / c^2"; the exact symmetry — and the two MLU forms,
-    whose init differs by c = sqrt(D) and lr by D — say c^2.)
+    (An earlier version of the project's notes had the SGD rule as "lr / c^2"; the exact symmetry —
+    and the two MLU forms, whose init differs by c = sqrt(D) and lr by D — say c^2, as docs/theory.md §1
+    now states.)
     """
     base = get_parameterization("depth-mup")
     scaled = base

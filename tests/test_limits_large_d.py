@@ -1,4 +1,4 @@
-"""The large-D limit (theory.md §2.2): MeanODE -> LargeDLimit at rate D^{-1/2}, any N,
+"""The large-D limit (docs/theory.md §2.2): MeanODE -> LargeDLimit at rate D^{-1/2}, any N,
 Gaussian laws and kernels, single sites and the paper's embedding metric."""
 
 import numpy as np

@@ -1,5 +1,5 @@
 """The linear Mean ODE: exactness against a dense (2D x 2D) solver, order of the depth
-integrator, and convergence of finite linear ResNets to it as L, M grow (theory.md §2.1)."""
+integrator, and convergence of finite linear ResNets to it as L, M grow (docs/theory.md §2.1)."""
 
 import numpy as np
 import pytest
@@ -74,4 +74,4 @@ def test_finite_networks_approach_mean_ode():
         emb.append(np.sqrt((embedding_rms(r, limit) ** 2).mean()))
     assert -1.3 < _slope(Ls, out) < -0.7, out
     assert -1.2 < _slope(Ls, emb) < -0.8, emb
-    assert out[-1] < 0.01  # theory.md: 0.0039 at L = M = 160
+    assert out[-1] < 0.01  # docs/theory.md §2.1: 0.0039 at L = M = 160 (earlier scratch check)

@@ -145,7 +145,7 @@ _GRID = np.array([1, 2, 3, 4, 6, 9, 14, 21, 31, 45, 66, 96, 141, 206, 301, 439, 
 
 
 def test_power_term_recovers_the_exponent_under_a_floor_and_a_background():
-    """err^2 = floor_r + 6.25/D + 0.64 D/(50*2000) (theory.md §3.1 at M = 2000, plus a finite
+    """err^2 = floor_r + 6.25/D + 0.64 D/(50*2000) (docs/theory.md §3.1 at M = 2000, plus a finite
     reference's error): the log-log slope is far from -1/2, the term fit is not."""
     rng = np.random.default_rng(3)
     R = 5

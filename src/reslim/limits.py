@@ -1,4 +1,4 @@
-"""Limits of ResNet training behind one interface (theory.md §2; docs/limits.md).
+"""Limits of ResNet training behind one interface (docs/theory.md §2; docs/limits.md).
 
 A :class:`LimitProblem` carries what a finite MLU network is given (data, eta, alpha, K, loss,
 activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.Trajectory`::

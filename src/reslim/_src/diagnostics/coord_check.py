@@ -15,7 +15,7 @@ and coordinates of
     dy  = y(k) - y(0)               change of the output since init
 
 ``dp`` also moves when only the block's input ``h_l`` moves; ``du`` isolates how far the units
-themselves moved (the "every unit moves by Θ(1)" of MLU, theory.md §1). Depth positions are
+themselves moved (the "every unit moves by Θ(1)" of MLU, docs/theory.md §1). Depth positions are
 depth fractions: ``first`` (p, du: l = 0), ``mid`` (l = L/2), ``last`` (p, du: l = L-1; h: l = L)
 and ``all`` (RMS over layers).
 
@@ -113,7 +113,7 @@ def measure(
     layer) with the RMS ``value`` (columns ``param, optimizer, axis, size, L, M, D, alpha, seed,
     step, quantity, layer, n_layers, value``). Update rows (``dh, dp, du, dy``) exist for
     ``step = 1..steps``; ``h, p, y`` rows are at ``step = 0``. Default data: 10 Gaussian samples,
-    ``d_in = d_out = 5`` (theory.md §3.1). ``threads``: torch intra-op threads while measuring
+    ``d_in = d_out = 5`` (docs/theory.md §3.1). ``threads``: torch intra-op threads while measuring
     (the matrices are small: one thread is several times faster on a shared machine; None keeps
     the current setting).
     """

@@ -1,4 +1,4 @@
-"""Depth diagnostics (theory.md §3.3, paper 001): the gradient-independence (GIA) gap and the
+"""Depth diagnostics (docs/theory.md §3.3; Yao et al. 2025): the gradient-independence (GIA) gap and the
 first-layer collapse of depth-muP with its depth-aware correction.
 
 GIA gap. The same networks (same seeds) are trained twice: ordinary backprop, and the GIA

@@ -1,5 +1,5 @@
-"""Phase diagram of residual scalings for two-layer blocks (companion paper of 000, Chizat,
-arXiv 2509.10167), measured with the coordinate check.
+"""Phase diagram of residual scalings for two-layer blocks (Chizat 2025, arXiv 2509.10167,
+the companion of Chaintron et al. 2026), measured with the coordinate check.
 
 A point of the diagram is a residual scale ``beta = alpha L^a M^b D^c`` on the unit-variance
 network (``mlu-unit`` otherwise: ``U, V ~ N(0, 1)``, ``p = U^T h / sqrt(D)``, ``y = W_u^T h / D``)
@@ -11,7 +11,7 @@ Why: the tangent kernel of the output is a sum over the ``L M`` units of ``|dy/d
 (readout ``1/D``), i.e. ``L M beta^2 / D``; this ``lr`` keeps the first step's change of the
 output Θ(1) at every point, so what changes across the diagram is only how that change is
 shared between moving units (feature learning) and linearised ones (lazy). MLU is the point
-``a = b = -1, c = 1/2`` (``lr = eta L M / alpha^2``, theory.md §1). A per-unit computation gives
+``a = b = -1, c = 1/2`` (``lr = eta L M / alpha^2``, docs/theory.md §1). A per-unit computation gives
 the pre-activation update ``du ~ eta sqrt(D) / (alpha L M beta)``, so the prediction is: only
 MLU's residual scale gives Θ(1) unit updates along every axis, and ``du ~ 1/alpha`` (lazy) as
 ``alpha`` grows. The module measures it.

@@ -1,4 +1,4 @@
-"""Hyperparameter transfer across depth and width (theory.md §3.4).
+"""Hyperparameter transfer across depth and width (docs/theory.md §3.4).
 
 A sweep trains, for each (parameterization, depth ``L``, width ``W``; shape ``(L, W, W)``),
 one batch of networks: every base learning rate ``eta`` of a log2 grid times every seed, with

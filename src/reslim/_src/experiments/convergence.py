@@ -1,4 +1,4 @@
-"""The convergence experiment (theory.md §2.3, §3.1): errors of ResNets of every shape of a grid
+"""The convergence experiment (docs/theory.md §2.3, §3.1): errors of ResNets of every shape of a grid
 against a reference (a large network, or an exact limit), their rates and fitted models.
 
 Runs: stage 0 = the reference, one per repetition; stage 1 = for each shape and repetition, the
@@ -29,7 +29,7 @@ from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES = ("embedding", "output")
 TWINS = {"embedding": "embedding-twin", "output": "output-twin"}  # the reference's twins (floor)
-PUBLISHED = {  # theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
+PUBLISHED = {  # docs/theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
     "embedding": {"b": 0.8, "c": 2.5, "P": 2.0, "P_exponent": -1 / 6},
     "output": {"b": 0.15, "c": 0.9, "P": 0.7, "P_exponent": -1 / 5},
 }

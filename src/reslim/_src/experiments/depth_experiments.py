@@ -1,4 +1,4 @@
-"""Depth experiments (theory.md §3.3-3.4, paper 001): kinds ``gia-gap``, ``collapse`` and
+"""Depth experiments (docs/theory.md §3.3-3.4; Yao et al. 2025): kinds ``gia-gap``, ``collapse`` and
 ``transfer``. The science lives in :mod:`reslim._src.diagnostics.depth` and
 :mod:`reslim._src.diagnostics.transfer`; this module maps specs to runs and runs to the store.
 

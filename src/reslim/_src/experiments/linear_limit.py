@@ -1,4 +1,4 @@
-"""The linear-limit experiment (theory.md §2.1-2.3, §3.2): finite linear MLU ResNets against the
+"""The linear-limit experiment (docs/theory.md §2.1-2.3, §3.2): finite linear MLU ResNets against the
 exact limits of :mod:`reslim.limits`, and the triangle measured leg by leg.
 
 Runs (all stage 1, no reference runs: the limits are exact and solved inside the workers):
@@ -38,7 +38,7 @@ from ..training.trainer import train
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
-#: theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
+#: docs/theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
 PUBLISHED = {"embedding": {"D/(LM)": 0.673, "1/D": 0.437, "1/L^2": 0.0},
              "output": {"(D/(LM))^2": 0.0265, "1/D": 0.25, "1/L^2": math.nan}}
 

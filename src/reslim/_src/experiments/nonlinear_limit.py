@@ -1,7 +1,7 @@
-"""The nonlinear-limit experiment (theory.md §2.3, §3.1, §4): finite tanh (or relu, gelu) MLU
+"""The nonlinear-limit experiment (docs/theory.md §2.3, §3.1, §4): finite tanh (or relu, gelu) MLU
 ResNets against the span-reduced limits of :mod:`reslim.limits`, the triangle leg by leg.
 
-Setting of theory.md §3.1: ``reslim.gaussian_data`` (N = 10, d_in = d_out = 5), MLU with
+Setting of docs/theory.md §3.1: ``reslim.gaussian_data`` (N = 10, d_in = d_out = 5), MLU with
 W_e ~ N(0, 1/d_in), W_u ~ N(0, d_out), GD with eta = 1 on the loss averaged over outputs,
 K = 15. The limits are sampled (quasi-Monte Carlo over units, :mod:`reslim._src.limits.span`):
 each is solved once per independent scramble j = 0..R_s-1 (``limit.replicas`` of them, with

@@ -79,7 +79,7 @@ class GridSpec(StrictModel):
 
 class GDTrainSpec(StrictModel):
     """Full-batch GD as in the papers: ``steps`` steps of size ``lr``, loss summed or averaged
-    over outputs (theory.md §1); kinds with other defaults subclass it."""
+    over outputs (docs/theory.md §1); kinds with other defaults subclass it."""
 
     steps: PositiveInt = 15
     lr: float = Field(1.0, gt=0, allow_inf_nan=False)

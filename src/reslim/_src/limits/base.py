@@ -43,7 +43,7 @@ def _matrix_batch(name: str, value: object, cols: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LimitProblem:
-    """Everything a finite MLU network is given (theory.md §1), for a limit to solve.
+    """Everything a finite MLU network is given (docs/theory.md §1), for a limit to solve.
 
     - ``data``: training set, ``X`` (N, d_in), ``Y`` (N, d_out)
     - ``K``: number of full-batch GD steps (the record has steps 0..K)

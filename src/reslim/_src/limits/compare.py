@@ -1,4 +1,4 @@
-"""Distances between trajectories and limits (the measurements of theory.md §3.2).
+"""Distances between trajectories and limits (the measurements of docs/theory.md §3.2).
 
 All functions are pure; networks whose record is NaN (diverged) give NaN, never zero.
 """
@@ -61,7 +61,7 @@ def hidden_distance(a: Trajectory, b: Trajectory, step: int | None = None) -> np
 
 def embedding_error(finite: Trajectory, limit: LargeDSolution, W_e: np.ndarray, W_u: np.ndarray,
                     step: int = 5) -> np.ndarray:
-    """The paper's embedding metric (theory.md §3.2), per network: (B,).
+    """The paper's embedding metric (docs/theory.md §3.2), per network: (B,).
 
     For network ``b`` with ``hidden`` h_{l,d} (depths l / L) and rows ``W_e[b]`` (D, d_in),
     ``W_u[b]`` (D, d_out): ``max_l mean_{d, n} |h_{l,d}(x_n) - H_d(s_l, x_n)|`` at ``step``,

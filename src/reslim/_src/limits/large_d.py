@@ -1,4 +1,4 @@
-"""The large-D limit of MLU ResNets (theory.md §2.2; Chaintron, Chizat, Maass, arXiv 2603.18168),
+"""The large-D limit of MLU ResNets (docs/theory.md §2.2; Chaintron, Chizat, Maass, arXiv 2603.18168),
 for any activation and any number N of training samples.
 
 Any activation (see :mod:`.span`): the fixed-D Mean ODE depends on the draw only through

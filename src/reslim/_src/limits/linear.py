@@ -1,6 +1,6 @@
 """Exact second-moment dynamics of linear MLU ResNets, reduced to the span of [W_e, W_u].
 
-Notation (theory.md §2.1, sigma = identity). Units (u, v) in R^{2D} at depth s have second
+Notation (docs/theory.md §2.1, sigma = identity). Units (u, v) in R^{2D} at depth s have second
 moment C_k(s) = E[(u; v)(u; v)^T], C_0 = D I, and one GD step maps C_k -> T_k C_k T_k^T with
 
     T_k(s) = I - c [[0, H B^T], [B H^T, 0]],   c = eta / (alpha N D),

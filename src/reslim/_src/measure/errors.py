@@ -1,4 +1,4 @@
-"""Errors of a trajectory against a reference (theory.md §3.1, §3.2).
+"""Errors of a trajectory against a reference (docs/theory.md §3.1, §3.2).
 
 Shapes: ``h_last (K+1, B, N, D)``, ``outputs (K+1, B, N, d_out)``, ``hidden (..., S+1, N, D)``.
 ``B`` indexes repetitions. A reference with ``B = 1`` is broadcast against every repetition.
@@ -138,7 +138,7 @@ def max_layer_mean_abs_error(
     depth: np.ndarray | None = None,
     ref_depth: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Linear-experiment metric of theory.md §3.2: ``max_l mean_{n,d} |h_{l,d} - H_d(s_l)|``.
+    """Linear-experiment metric of docs/theory.md §3.2: ``max_l mean_{n,d} |h_{l,d} - H_d(s_l)|``.
 
     ``hidden (..., S+1, N, D)`` (layers on axis -3), ``ref_hidden (..., S_ref+1, N, D_ref)`` with
     ``D_ref >= D`` (first ``D`` coordinates compared) and leading axes broadcastable (e.g.

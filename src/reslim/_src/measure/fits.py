@@ -1,4 +1,4 @@
-"""Rate fits with uncertainty: power laws and the additive error models of theory.md §2.3, §3.1.
+"""Rate fits with uncertainty: power laws and the additive error models of docs/theory.md §2.3, §3.1.
 
 Errors come either as a 1-D aggregate ``(n,)`` or as per-repetition RMS errors ``(n, R)``. The
 point estimate always uses the aggregate RMS over repetitions, ``sqrt(nanmean_r err[:, r]^2)``
@@ -233,7 +233,7 @@ def fit_power_term(
     """The exponent of one term of an error that has others: fit
     ``err^2 - floor = C^2 x^(2p) + sum_k theta_k g_k(x)`` with ``C, theta >= 0``.
 
-    Where the theory says ``err^2`` is a sum of terms (theory.md §2.3), a plain log-log slope
+    Where the theory says ``err^2`` is a sum of terms (docs/theory.md §2.3), a plain log-log slope
     mixes them; this fits the exponent ``p`` of the term of interest with the others as
     non-negative ``background`` terms (:data:`BACKGROUNDS`: ``"constant"``, ``"linear"``,
     ``"quadratic"`` in ``x``) and a known ``floor`` removed first: a scalar, or per repetition

@@ -1,4 +1,4 @@
-"""Compute-optimal shapes for a parameter budget ``P = L M D`` (theory.md §2.3).
+"""Compute-optimal shapes for a parameter budget ``P = L M D`` (docs/theory.md §2.3).
 
 The error models depend on ``L`` and ``M`` through the Euler term (``1/L``) and the unit count
 ``L M`` (Monte-Carlo term): at fixed ``D`` and ``L M``, more depth only lowers the error, so the
@@ -47,7 +47,7 @@ THEORY_MODELS: dict[str, tuple[ErrorModel, str]] = {
 }
 _ALIASES = {"embedding": "bound", "theory": "bound"}
 
-# P-exponents of L, M, D and of the error at the shallowest rate-optimal shape (theory.md §2.3)
+# P-exponents of L, M, D and of the error at the shallowest rate-optimal shape (docs/theory.md §2.3)
 _THEORY_EXPONENTS = {
     "bound": {"L": 1 / 6, "M": 1 / 2, "D": 1 / 3, "rate": -1 / 6},
     "output": {"L": 1 / 5, "M": 2 / 5, "D": 2 / 5, "rate": -1 / 5},

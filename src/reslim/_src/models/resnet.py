@@ -4,7 +4,7 @@ Array shapes (``B`` networks, ``N`` samples)::
 
     W_e : (B, D, d_in)     U, V : (L, B, D, M)   (two-layer blocks)
     W_u : (B, D, d_out)    W    : (L, B, D, D)   (one-layer blocks)
-    hidden states h_l : (B, N, D)  (samples are rows; H of theory.md §2.1 is its transpose)
+    hidden states h_l : (B, N, D)  (samples are rows; H of docs/theory.md §2.1 is its transpose)
     pre-activations p_l : (B, N, M); outputs y : (B, N, d_out)
 
 Forward (effective scales from the :class:`Parameterization`)::
@@ -128,7 +128,7 @@ class ResNet(nn.Module):
     Network ``b`` draws its block weights from ``seeds[b]``. The embedding and readout are
     drawn from the same seed, unless ``embed_seed`` is given: then one pair ``(W_e, W_u)`` of
     ``embed_dim_max`` rows is drawn from it and every network uses the first ``D`` rows (the
-    coupled randomness of theory.md §3.1). ``embed_seed`` may also be a sequence, one per
+    coupled randomness of docs/theory.md §3.1). ``embed_seed`` may also be a sequence, one per
     network.
     """
 

@@ -13,7 +13,7 @@ from . import figures
 from .report import Section
 
 AXES = ("L", "M", "D")
-#: the other terms of err^2 along an axis, the rest held fixed (theory.md §2.3): the background of
+#: the other terms of err^2 along an axis, the rest held fixed (docs/theory.md §2.3): the background of
 #: the floor-corrected fit of that axis's own term (``reslim.measure.fit_power_term``)
 TERM_BACKGROUND = {
     "embedding": {"M": ("constant",), "D": ("linear",)},  # b^2 D/(LM) is linear in D
@@ -213,7 +213,7 @@ def _reference_text(res: ConvergenceAnalysis) -> list[str]:
     if not info:
         return []
     name = info["name"]
-    what = ("the exact large-D limit (L, M -> oo, then D -> oo; theory.md §2.2, §4)" if name == "large-d"
+    what = ("the exact large-D limit (L, M -> oo, then D -> oo; docs/theory.md §2.2, §4)" if name == "large-d"
             else f"the limit {name!r} of reslim.limits")
     how = ""
     if info.get("method") == "sampled":
@@ -299,7 +299,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
         f"({_describe_reference(spec.reference)}); RMS over coordinates d <= D, samples and "
         "repetitions (diverged repetitions excluded, never set to zero). Power laws are fitted "
         "in log-log with 95% bootstrap intervals over repetitions; the P fit uses the best shape "
-        "at each P. Theory (theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "
+        "at each P. Theory (docs/theory.md §2.3): embedding error O(1/L + sqrt(D/(LM)) + 1/sqrt(D)), "
         "P^(-1/6) at the compute-optimal shape; output error 1/L + D/(LM) + 1/sqrt(D), P^(-1/5).",
         *_reference_text(res), *_floor_text(res), *res.notes])
     if res.reference:
@@ -321,7 +321,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
             lo, hi = f.coefficient_ci[name]
             rows.append({"error": role, "term of err^2": term, "coefficient": name,
                          "fitted": f.coefficients[name], "CI low": lo, "CI high": hi,
-                         "published (theory.md §3.1)": pub.get(name, math.nan)})
+                         "published (docs/theory.md §3.1)": pub.get(name, math.nan)})
     if rows:
         fit_sec.tables.append(("Additive models (non-negative coefficients); published curves at k = 15",
                                pd.DataFrame(rows)))

@@ -244,7 +244,7 @@ def sections(kind, spec, store, res: LinearLimitAnalysis, fig_dir) -> list[Secti
         "table is the plain mean). Diverged runs are excluded, never set to zero.",
         "fit_additive(kind='embedding') fits err^2 = a^2/L^2 + b^2 D/(L M) + c^2/D; the paper writes "
         "err^2 = A D/(M L) + B/D + C/L^2, so A = b^2, B = c^2, C = a^2 (output: (D/(LM))^2 in place of "
-        "D/(LM)). Published (theory.md §3.2, 65 runs): err^2 = 0.673 D/(ML) + 0.437/D; output "
+        "D/(LM)). Published (docs/theory.md §3.2, 65 runs): err^2 = 0.673 D/(ML) + 0.437/D; output "
         "0.0265 (D/(ML))^2 + 0.25/D.", *res.notes])
     rows = []
     for name, kind_ in (("embedding", "embedding"), ("output", "output"),

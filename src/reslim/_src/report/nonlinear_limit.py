@@ -189,7 +189,7 @@ def sections(kind, spec, store, res: NonlinearLimitAnalysis, fig_dir) -> list[Se
     act = spec.model.activation
     lim = spec.limit
     intro = Section(f"The triangle for {act}, leg by leg", [
-        f"Setting of theory.md §3.1: gaussian data (N = {spec.data.N}, d_in = {spec.data.d_in}, "
+        f"Setting of docs/theory.md §3.1: gaussian data (N = {spec.data.N}, d_in = {spec.data.d_in}, "
         f"d_out = {spec.data.d_out}), {act} MLU ResNets, GD eta = {spec.train.lr:g}, loss "
         f"'{spec.train.loss}', K = {spec.train.steps}; errors at step k = {s}, RMS over repetitions. "
         f"The limits are the span-reduced MeanODE (fixed D, same W_e, W_u) and LargeDLimit, sampled "

@@ -59,7 +59,7 @@ class EffectiveScales:
 class Parameterization:
     """Named set of scaling rules for every weight role plus the branch multiplier ``beta``.
 
-    ``alpha`` is the constant of theory.md §1 (1 by default); rules may use it as a symbol.
+    ``alpha`` is the constant of docs/theory.md §1 (1 by default); rules may use it as a symbol.
     """
 
     name: str
@@ -155,7 +155,7 @@ class Parameterization:
 
 
 # ----------------------------------------------------------------------------------------
-# Presets (theory.md §1). Unit-variance forms unless stated; rules are reconstructions from
+# Presets (docs/theory.md §1). Unit-variance forms unless stated; rules are reconstructions from
 # the papers and are checked by the coordinate check (docs/parameterizations.md).
 # ----------------------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ _MUP_READOUT = RoleScaling.of(init=1, mult="1/D", lr_sgd="D", lr_adam=1)
 
 
 def _mlu(alpha: float = 1.0, embed_init: Any = 1, readout_init: Any = 1) -> Parameterization:
-    """MLU, reference form of theory.md §1 (the paper's code): U, V ~ N(0, D), lr eta L M D/alpha^2."""
+    """MLU, reference form of docs/theory.md §1 (the paper's code): U, V ~ N(0, D), lr eta L M D/alpha^2."""
     unit = RoleScaling.of(init="sqrt(D)", mult="1/D", lr_sgd="L*M*D/alpha^2", lr_adam=1)
     return Parameterization(
         name="mlu",
@@ -176,8 +176,8 @@ def _mlu(alpha: float = 1.0, embed_init: Any = 1, readout_init: Any = 1) -> Para
         },
         branch=Monomial.parse("alpha/(L*M)"),
         alpha=alpha,
-        description="maximal local update (000), reference form: U, V ~ N(0, D), p = U^T h / D, "
-        "branch alpha/(L M), readout 1/D, SGD lr eta L M D / alpha^2",
+        description="maximal local update (MLU, Chaintron et al. 2026), reference form: U, V ~ N(0, D), "
+        "p = U^T h / D, branch alpha/(L M), readout 1/D, SGD lr eta L M D / alpha^2",
         options={"alpha": alpha, "embed_init": str(embed_init), "readout_init": str(readout_init)},
     )
 
@@ -235,7 +235,7 @@ def _depth_mup_corrected(alpha: float = 1.0, correction: float = 0.5) -> Paramet
     return Parameterization(
         name="depth-mup-corrected", roles=_width_mup_blocks("L^-0.5", f"L^{correction}"),
         branch=Monomial.parse("alpha*L^-0.5"), alpha=alpha,
-        description=f"depth-muP with the depth-aware correction of 001: the first internal "
+        description=f"depth-muP with the depth-aware correction of Yao et al. 2025: the first internal "
         f"layer's lr times L^{correction}",
         options={"alpha": alpha, "correction": correction})
 

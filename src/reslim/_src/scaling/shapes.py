@@ -25,7 +25,7 @@ class Shape:
 
     ``L`` is the depth (number of residual blocks), ``M`` the hidden width (units per block),
     ``D`` the embedding dimension. ``P = L * M * D`` is the parameter count of the blocks
-    (up to the factor 2 of two-layer blocks), the budget of theory.md §2.3.
+    (up to the factor 2 of two-layer blocks), the budget of docs/theory.md §2.3.
     """
 
     L: int

@@ -1,7 +1,7 @@
 """Parameterizations for users' own residual ``nn.Module``s: ``torch.optim`` param groups, an
 init function and the forward multipliers, from a mapping of parameter names to roles.
 
-A user's residual network has the roles of theory.md §1::
+A user's residual network has the roles of docs/theory.md §1::
 
     h_0 = m_e W_e x;  p_l = m_U U_l^T h_l;  h_{l+1} = h_l + beta m_V V_l sigma(p_l);  y = m_u W_u^T h_L
 

@@ -1,4 +1,4 @@
-"""Training data: the synthetic sets of the reference experiments (theory.md §3) and digits."""
+"""Training data: the synthetic sets of the reference experiments (docs/theory.md §3) and digits."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class Dataset:
 
 
 def gaussian_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> Dataset:
-    """``X, Y`` i.i.d. N(0, 1): the nonlinear reference experiment (theory.md §3.1)."""
+    """``X, Y`` i.i.d. N(0, 1): the nonlinear reference experiment (docs/theory.md §3.1)."""
     rng = np.random.default_rng(seed)
     return Dataset(rng.standard_normal((N, d_in)), rng.standard_normal((N, d_out)),
                    name=f"gaussian(N={N}, d_in={d_in}, d_out={d_out}, seed={seed})")
@@ -51,7 +51,7 @@ def gaussian_data(N: int = 10, d_in: int = 5, d_out: int = 5, seed: int = 0) -> 
 
 def linear_teacher(N: int = 1, d_in: int = 3, d_out: int = 3, x_norm: float = 0.8,
                    noise: float = 0.05, seed: int = 0) -> Dataset:
-    """Linear experiment data (theory.md §3.2): ``x`` of norm ``x_norm``, ``y = A x + noise``.
+    """Linear experiment data (docs/theory.md §3.2): ``x`` of norm ``x_norm``, ``y = A x + noise``.
 
     ``A`` (d_out, d_in) and the directions of ``x`` are standard Gaussian.
     """
