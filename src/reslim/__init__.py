@@ -5,10 +5,12 @@ Public API (internals live in ``reslim._src``)::
     Shape, log_grid                       shapes and the papers' grids
     Parameterization, RoleScaling, Monomial, PRESETS, get_parameterization
     ResNet                                finite networks (a batch of seeds, stacked weights)
+    DeepLinearNetwork                     finite deep linear networks (docs/deep-linear.md)
     Dataset, gaussian_data, linear_teacher, digits, make_dataset
     train, Trajectory                     GD / SGD / Adam with per-role learning rates
 """
 
+from ._src.models.deep_linear import DeepLinearNetwork
 from ._src.models.resnet import ResNet
 from ._src.scaling.monomial import Monomial
 from ._src.scaling.parameterization import (
@@ -30,6 +32,7 @@ __all__ = [
     "PRESETS",
     "ROLES",
     "Dataset",
+    "DeepLinearNetwork",
     "Monomial",
     "Parameterization",
     "ResNet",

@@ -7,6 +7,7 @@ activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.T
     MeanODE(...)               "mean-ode"   L, M -> oo at fixed D, any activation (exact for identity,
                                             sampled units in span(W_e, W_u) otherwise)
     LargeDLimit(...)           "large-d"    then D -> oo, any activation: outputs, laws, kernels, single sites
+    DeepLinearLimit(), DeepLinearProblem  "deep-linear"  deep linear networks at N = oo (docs/deep-linear.md)
     ReferenceNetwork(shape, seeds)  "reference"  a large finite network (any activation)
     LargeDSolution             what LargeDLimit.solution(problem) returns
     embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
@@ -14,12 +15,16 @@ activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.T
 
 from ._src.limits.base import Limit, LimitProblem
 from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance, output_rms
+from ._src.limits.deep_linear import DeepLinearLimit, DeepLinearProblem, DeepLinearSolution
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
 from ._src.limits.reference import ReferenceNetwork
 from ._src.limits.solvers import SOLVERS, available_limits, get_limit, register_limit, solve
 
 __all__ = [
+    "DeepLinearLimit",
+    "DeepLinearProblem",
+    "DeepLinearSolution",
     "LargeDLimit",
     "LargeDSolution",
     "Limit",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..training.trajectory import Trajectory
 from .base import Limit, LimitProblem
+from .deep_linear import DeepLinearLimit
 from .large_d import LargeDLimit
 from .mean_ode import MeanODE
 from .reference import ReferenceNetwork
@@ -22,6 +23,7 @@ SOLVERS: dict[str, type[Limit]] = {
     "mean-ode": MeanODE,
     "large-d": LargeDLimit,
     "reference": ReferenceNetwork,
+    "deep-linear": DeepLinearLimit,
 }
 
 
