@@ -65,7 +65,7 @@ def test_finite_networks_approach_the_limit_at_rate_n_to_minus_half():
         tr = net.train(X, Y, steps=K, eta=eta, record=("loss", "beta", "weights"), weight_steps=[K])
         err.append(np.sqrt(((tr.meta["beta"][K] - sol.beta[K]) ** 2).mean(axis=(1, 2))))
     fit = fit_power_law(np.array(Ns), np.array(err), n_boot=200)
-    # measured: -0.52 [-0.60, -0.45] (docs/deep-linear.md)
+    # measured: -0.50 [-0.53, -0.46] (docs/deep-linear.md)
     assert -0.65 < fit.exponent < -0.38, fit
     # the law of a neuron's input weights: Gaussian with the limit's covariance (N = 1024, 6 seeds)
     W1 = tr.meta["weights"][K][0].reshape(-1, 8)  # rows of W^1(K)
@@ -137,3 +137,39 @@ def test_bad_input_is_a_one_line_value_error_naming_the_field(kwargs, field):
         DeepLinearNetwork(3, 0, 8, 2)
     with pytest.raises(ValueError, match="^gamma0"):
         DeepLinearNetwork(3, 8, 8, 2, gamma0=-1.0)
+
+
+TINY = ["L=[2,3]", "N=[32,64,128]", "repetitions=2", "train.steps=4", "law.N=64", "law.steps=[0,2,4]",
+        "flow.L=[2]", "flow.steps=6", "analysis.steps=[2,4]", "analysis.n_boot=20"]
+
+
+def test_experiment_end_to_end_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    import reslim.cli  # noqa: F401  (registers commands)
+    from reslim._src.cli.app import app
+    from reslim.experiments import load_results, load_spec, run_sweep
+
+    out = tmp_path / "out"
+    args = ["run", "deep-linear", "--out", str(out), "--no-progress"]
+    for s in TINY:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "|beta_N - beta_inf| vs N (L=3, step 4)" in result.output and "flow L=2" in result.output
+    md = (out / "report.md").read_text()
+    assert "(a) Width" in md and "(b) The law" in md and "(c) Gradient flow" in md
+    for name in ("width", "qq", "rank", "flow"):
+        assert (out / "figures" / f"deep-linear-{name}.png").exists(), name
+    df = load_results(out)
+    assert len(df) == 2 * 3 * 2 + 2 * 2 + 1 and (df["status"] == "done").all()
+    fin = df[df["config.role"] == "finite"]
+    err = np.array(fin["metrics.beta_error"].tolist(), dtype=float)
+    assert err.shape == (12, 5) and np.isfinite(err).all() and (err > 0).all()
+    rerun = run_sweep(load_spec("deep-linear", TINY), out, progress=False)
+    assert rerun.skipped == 17 and sum(rerun.counts.values()) == 0
+    bad = CliRunner().invoke(app, ["run", "deep-linear", "--out", str(tmp_path / "bad"), "--no-progress",
+                                   "--set", "analysis.steps=[99]"])
+    lines = [ln for ln in bad.output.strip().splitlines() if ln.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1 and "analysis.steps" in lines[0], bad.output
+    assert not (tmp_path / "bad").exists()

@@ -34,6 +34,7 @@ KIND_MODULES = {
     "probe": "reslim._src.experiments.probe",
     "linear-limit": "reslim._src.experiments.linear_limit",
     "nonlinear-limit": "reslim._src.experiments.nonlinear_limit",
+    "deep-linear": "reslim._src.experiments.deep_linear",
 }
 
 
