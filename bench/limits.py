@@ -6,7 +6,9 @@ Times are the best of a few repeats, in seconds, float64, on this machine's CPU.
 ``nonlinear_*`` lines compare, in one run, the exact large-D limit for tanh (docs/theory.md §3.1
 setup: d_in = d_out = 5, N = 10, K = 15, eta = 1, loss "mean", W_e ~ N(0, 1/d_in),
 W_u ~ N(0, d_out), the solver's default accuracy) with training the finite reference network
-of ``--ref-shape`` (default the paper's (50, 2000, 2000)) on the same problem.
+of ``--ref-shape`` (default the paper's (50, 2000, 2000)) on the same problem. The
+``deep_linear_*`` lines time the deep-linear limit (L = 4, K = 100, P = 20) and its ratio to one
+finite network of width 4096 (``--only-deep-linear``: those alone).
 """
 
 from __future__ import annotations
@@ -103,6 +105,36 @@ def nonlinear(ref_shape: tuple[int, int, int]) -> None:
     print(f"nonlinear_limit_depth_steps: {sol.coef.S}")
 
 
+def deep_linear(width: int = 4096) -> None:
+    """The deep-linear limit (L = 4, K = 100 GD steps, P = 20 samples, d = 40, k = 1, eta = 0.2,
+    gamma_0 = 1) against one finite network of ``width`` on the same problem."""
+    import torch
+
+    from reslim import DeepLinearNetwork
+    from reslim.limits import DeepLinearLimit, DeepLinearProblem
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 40))
+    Y = X @ rng.standard_normal((40, 1)) / np.sqrt(40)
+    pb = DeepLinearProblem(X, Y, L=4, K=100, eta=0.2, gamma0=1.0)
+    sols = []
+    t_lim = best_time(lambda: sols.append(DeepLinearLimit().solution(pb)), 3)
+    trajs = []
+
+    def finite():
+        net = DeepLinearNetwork(4, width, 40, 1, gamma0=1.0, seeds=[0])
+        trajs.append(net.train(X, Y, steps=100, eta=0.2, record=("loss", "beta")))
+
+    t_fin = best_time(finite, 1)
+    err = np.sqrt(((trajs[-1].meta["beta"][:, 0] - sols[-1].beta) ** 2).mean())
+    print(f"deep_linear_limit_seconds: {t_lim:.3f}")
+    print(f"deep_linear_finite_N{width}_seconds: {t_fin:.3f}")
+    print(f"deep_linear_limit_vs_finite: {t_lim / t_fin:.3g}")
+    print(f"deep_linear_limit_basis_dims: {'/'.join(map(str, sols[-1].dims))}")
+    print(f"deep_linear_finite_N{width}_beta_rms_error: {err:.2e}")
+    print(f"deep_linear_torch_threads: {torch.get_num_threads()}")
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         L, M, D = (int(v) for v in text.split(","))
@@ -116,8 +148,11 @@ def _shape(text: str) -> tuple[int, int, int]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller dense comparison")
+    ap.add_argument("--only-deep-linear", action="store_true", help="only the deep_linear_* lines")
     ap.add_argument("--ref-shape", type=_shape, default=(50, 2000, 2000),
                     help="L,M,D of the finite tanh reference network (default 50,2000,2000)")
     args = ap.parse_args()
-    main(quick=args.quick)
-    nonlinear(args.ref_shape)
+    if not args.only_deep_linear:
+        main(quick=args.quick)
+        nonlinear(args.ref_shape)
+    deep_linear()
