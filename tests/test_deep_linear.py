@@ -173,3 +173,26 @@ def test_experiment_end_to_end_through_the_cli(tmp_path):
     lines = [ln for ln in bad.output.strip().splitlines() if ln.strip()]
     assert bad.exit_code == 2 and len(lines) == 1 and "analysis.steps" in lines[0], bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_limit_kernels_match_wide_finite_networks():
+    """Per-layer kernels of the limit: the forward two-time kernel H^l(t, s) and the backward
+    kernel G^l(t) against the Gram matrices of a wide finite network (error O(N^-1/2))."""
+    X, Y = _data()
+    K, eta = 6, 0.3
+    sol = DeepLinearLimit().solution(DeepLinearProblem(X, Y, L=4, K=K, eta=eta))
+    net = DeepLinearNetwork(4, 2048, 8, 2, seeds=[0, 1])
+    tr = net.train(X, Y, steps=K, eta=eta, record=("loss", "beta", "hidden"))
+    for layer in (1, 2, 3):
+        h = tr.hidden[:, :, layer - 1]  # (K+1, B, P, N)
+        gram = np.einsum("tbpn,sbqn->tpsq", h, h) / (2 * 2048)
+        lim = sol.hidden_kernel(layer)
+        err = np.abs(gram - lim).max()
+        moved = np.abs(lim[K, :, K] - lim[0, :, 0]).max()  # H^l(K, K) - H^l(0, 0)
+        assert err < 0.05 * np.abs(lim).max(), layer
+        assert moved > 3 * err, (layer, moved, err)  # the kernel moved well beyond the finite-N error
+    # backward kernel of the last wide layer: the Gram of Q^{L-1} = W^L(t)^T
+    WL = net.weights[-1].numpy()  # (B, k, N)
+    G = np.einsum("bin,bjn->ij", WL, WL) / (2 * 2048)
+    assert np.abs(G - sol.backward_kernel(3)[K, :, K]).max() < 0.05
+    assert np.abs(sol.readout_law()[K] - sol.backward_kernel(3)[K, :, K]).max() < 1e-14
