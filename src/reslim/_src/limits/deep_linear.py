@@ -1,4 +1,4 @@
-"""The infinite-width limit of deep linear networks (docs/deep-linear.md; theory.md §6; Chizat,
+"""The infinite-width limit of deep linear networks (docs/deep-linear.md; docs/theory.md §6; Chizat,
 Colombo, Fernández-Real, Figalli, *Infinite-width limit of deep linear neural networks*, CPAM 2024,
 arXiv 2211.16980), in the scaling of :mod:`reslim._src.models.deep_linear`.
 
@@ -21,7 +21,7 @@ Every GD update is a sum of outer products of such vectors (``dA^l = eta F^l`` w
 ``F^1 = -(gamma_0/d) Q^1 E``, ``F^l = -gamma_0 Q^l E <M^{l-1}, .>``, ``F^L = -E <M^{L-1}, .>``), so the
 whole state stays finite-dimensional: the weights' deltas are matrices in these bases and the
 recursion is marched causally step by step, exactly (up to rounding; components below ``tol``
-relative are dropped). The Gram matrices of the coefficient vectors are the kernels of theory.md
+relative are dropped). The Gram matrices of the coefficient vectors are the kernels of docs/theory.md
 §6; a neuron i of layer l is a standard Gaussian vector ``z_i`` in the basis, so its coordinates
 ``h^l_i(x_mu, t) = m^l(t) x_mu . z_i`` are jointly Gaussian with covariance the two-time kernel.
 

@@ -1,9 +1,9 @@
-"""Finite deep linear networks (docs/deep-linear.md; theory.md §6; Chizat, Colombo, Fernández-Real,
+"""Finite deep linear networks (docs/deep-linear.md; docs/theory.md §6; Chizat, Colombo, Fernández-Real,
 Figalli, arXiv 2211.16980), a batch of seeds as one computation, trained by full-batch GD.
 
 Depth ``L`` = number of weight matrices, width ``N``, input ``d``, output ``k``; widths
 ``n_0 = d``, ``n_1 .. n_{L-1} = N``. All entries are i.i.d. N(0, 1) at initialisation and the
-effective matrices are ``A^l = c_l W^l`` with (the gamma_0 family of theory.md §6)::
+effective matrices are ``A^l = c_l W^l`` with (the gamma_0 family of docs/theory.md §6)::
 
     c_1 = 1/sqrt(d),   c_l = 1/sqrt(N) (1 < l < L),   c_L = 1/(gamma_0 N)     (L = 1: c_1 = 1/(gamma_0 d))
     beta = A^L ... A^1  (k x d),  f(x) = beta x,  R = 1/(2P) sum_mu |beta x_mu - y_mu|^2

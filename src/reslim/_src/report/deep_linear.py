@@ -141,7 +141,7 @@ def sections(kind, spec, store, res: DeepLinearAnalysis, fig_dir) -> list[Sectio
         f"Data: X (P = {dd.P}, d = {dd.d}) i.i.d. N(0, 1), Y = X beta_T + {dd.noise:g} noise (k = {dd.k}); "
         f"full-batch GD with eta = {tr.lr:g}, gamma_0 = {tr.gamma0:g}, K = {tr.steps} steps, float64. "
         "The limit is the finite-dimensional recursion of docs/deep-linear.md (Chizat, Colombo, "
-        "Fernández-Real, Figalli, arXiv 2211.16980; scaling of theory.md §6).",
+        "Fernández-Real, Figalli, arXiv 2211.16980; scaling of docs/theory.md §6).",
         f"Runs: {res.counts}."])
     out = [intro]
     a = Section("(a) Width: |beta_N(t) - beta_inf(t)|", [
