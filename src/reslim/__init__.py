@@ -8,6 +8,7 @@ Public API (internals live in ``reslim._src``)::
     DeepLinearNetwork                     finite deep linear networks (docs/deep-linear.md)
     Dataset, gaussian_data, linear_teacher, digits, make_dataset
     train, Trajectory                     GD / SGD / Adam with per-role learning rates
+    threads                               a torch thread budget for a block of code (restored after)
 """
 
 from ._src.models.deep_linear import DeepLinearNetwork
@@ -23,7 +24,7 @@ from ._src.scaling.parameterization import (
 from ._src.scaling.shapes import Shape, log_grid
 from ._src.scaling.user_models import param_groups
 from ._src.training.data import Dataset, digits, gaussian_data, linear_teacher, make_dataset
-from ._src.training.trainer import train
+from ._src.training.trainer import threads, train
 from ._src.training.trajectory import Trajectory
 
 __version__ = "0.1.0"
@@ -46,5 +47,6 @@ __all__ = [
     "log_grid",
     "make_dataset",
     "param_groups",
+    "threads",
     "train",
 ]

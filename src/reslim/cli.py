@@ -1,4 +1,5 @@
-"""Entry point of the ``reslim`` command (``reslim --help``)."""
+"""Entry point of the ``reslim`` command (``reslim --help``); the console script is
+``reslim_cli:main``, which sets ``OMP_WAIT_POLICY=passive`` (unless set) before torch loads."""
 
 from __future__ import annotations
 

@@ -173,27 +173,55 @@ def _lr_tensor(lr: float | Sequence[float], model: ResNet) -> float | torch.Tens
     return torch.tensor(lrs, dtype=model.dtype, device=model.device)
 
 
-SMALL_WORK = 2e5  # elements per block GEMM below which intra-op threads cost more than they give
+# Elements per block GEMM below which one intra-op thread beats several. Measured on 2 cores,
+# L=50, B=5, N=10, 15 GD steps, 1 vs 2 threads: M=D=64 (2e5) 0.20 vs 0.18 s idle, 0.20 vs 0.31 s
+# with OMP_WAIT_POLICY=passive, and 9-17 s with 2 threads in ~3 of 10 processes on a busy host;
+# M=D=96 (4.6e5) 0.36 vs 0.24 s idle. One thread up to 4e5 gives up <= 10% idle, never spins.
+SMALL_WORK = 4e5
+
+
+def _set_threads(n: int) -> None:
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @contextmanager
-def thread_budget(model: ResNet, n_samples: int) -> Iterator[None]:
-    """Run small networks on one CPU thread.
-
-    Each block GEMM of a small network touches ~B*N*M*D elements; below ``SMALL_WORK`` the
-    OpenMP fork/join of every op costs more than it gives (and stalls badly on a loaded
-    machine: 10x and worse was measured on 2 busy cores). The setting is restored afterwards.
-    """
-    L, M, D = model.shape.as_tuple()
-    small = model.device.type == "cpu" and model.batch_size * n_samples * max(M, D) * D < SMALL_WORK
+def threads(n: int | None) -> Iterator[None]:
+    """Run the enclosed torch work on ``n`` intra-op CPU threads, restoring the previous count
+    afterwards (``None``: leave it as it is). A per-task budget: with ``k`` jobs on ``c`` cores,
+    ``threads(c // k)`` keeps them from oversubscribing the machine, and ``threads(1)`` keeps
+    small work from paying OpenMP fork/join (see docs/models.md, "Threads")."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
     before = torch.get_num_threads()
-    if small and before > 1:
-        torch.set_num_threads(1)
+    if n is not None:
+        _set_threads(n)
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        _set_threads(before)
+
+
+def small_work(model: ResNet, n_samples: int) -> bool:
+    """Whether one block GEMM of ``model`` on ``n_samples`` samples (~B*N*max(M, D)*D elements)
+    is below ``SMALL_WORK``, where one thread is faster than several."""
+    L, M, D = model.shape.as_tuple()
+    return model.device.type == "cpu" and model.batch_size * n_samples * max(M, D) * D < SMALL_WORK
+
+
+@contextmanager
+def thread_budget(model: ResNet, n_samples: int, n: int | None = None) -> Iterator[None]:
+    """Run ``model``'s training on ``n`` threads, or when ``n`` is None on one thread for small
+    networks (``small_work``) and the current count otherwise.
+
+    Below ``SMALL_WORK`` the OpenMP fork/join of every op costs more than it gives (and stalls
+    badly on a loaded machine: 10x and worse was measured on 2 busy cores). The setting is
+    restored afterwards.
+    """
+    if n is None and small_work(model, n_samples):
+        n = 1
+    with threads(n):
+        yield
 
 
 def train(
@@ -213,6 +241,7 @@ def train(
     callback: Callable[[int, torch.Tensor], None] | None = None,
     low_rank: bool | None = None,
     divergence_factor: float | None = DIVERGENCE_FACTOR,
+    threads: int | None = None,
 ) -> Trajectory:
     """Train ``model`` in place for ``steps`` updates; return the record of steps 0..steps.
 
@@ -232,9 +261,12 @@ def train(
     non-finite or exceeds ``divergence_factor * max(loss_b(0), DIVERGENCE_FLOOR)`` (default
     ``1e6`` and ``1.0``); ``divergence_factor=None`` flags non-finite losses only. The other
     networks go on; training stops early once every network has diverged.
+
+    ``threads``: intra-op CPU threads for this call (restored afterwards); ``None`` (default)
+    uses one thread for small networks (``small_work``) and the current count otherwise.
     """
     factor = check_divergence_factor(divergence_factor)
-    with thread_budget(model, data.N):
+    with thread_budget(model, data.N, threads):
         return _train(model, data, steps=steps, lr=lr, optimizer=optimizer, loss=loss,
                       batch_size=batch_size, record=record, gia=gia, data_seed=data_seed,
                       adam_betas=adam_betas, adam_eps=adam_eps, callback=callback,
