@@ -13,13 +13,21 @@ and noisy, so only ratios measured side by side mean anything):
 - ``batched_speedup``: 20 seeds of (50, 14, 14), 15 GD steps, one batched run vs 20 runs.
 - ``float32_kernels_vs_torch``: the float32 step at the roofline shape, float32 kernels vs the
   torch path (``use_kernels = False``).
+- ``small_train_p90_seconds``: the README's library example (``train`` of 5 networks of
+  (50, 64, 64), 15 GD steps) in 10 fresh processes, the 90th percentile of the ``train`` call
+  alone; ``small_train_p90_seconds_before``: the same with the old behaviour (every torch
+  thread, ``OMP_WAIT_POLICY`` unset), side by side. The tail is the point: on a busy machine
+  spinning OpenMP threads made ~3 in 10 fresh processes 30x slower.
 
-Usage: ``python bench/step.py [--size 1000] [--repeats 5]``.
+Usage: ``python bench/step.py [--size 1000] [--repeats 5] [--only small-train]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -141,12 +149,41 @@ def batched_speedup(seeds: int = 20, steps: int = 15) -> float:
     return best_time(separate, 3) / best_time(batched, 3)
 
 
+_SMALL_TRAIN = """
+import sys, time, torch, reslim
+data = reslim.gaussian_data(N=10, d_in=5, d_out=5, seed=0)
+net = reslim.ResNet(reslim.Shape(L=50, M=64, D=64), param=reslim.get_parameterization("mlu"),
+                    d_in=5, d_out=5, activation="tanh", seeds=range(5))
+threads = torch.get_num_threads() if sys.argv[1] == "before" else None
+t = time.perf_counter()
+reslim.train(net, data, steps=15, lr=1.0, optimizer="gd", loss="mean",
+             record=("loss", "outputs", "h_last"), threads=threads)
+print(time.perf_counter() - t)
+"""
+
+
+def small_train_p90(before: bool = False, processes: int = 10) -> float:
+    """90th percentile over ``processes`` fresh processes of the README example's ``train``."""
+    env = dict(os.environ)
+    if before:
+        env.pop("OMP_WAIT_POLICY", None)
+    times = [float(subprocess.run([sys.executable, "-c", _SMALL_TRAIN, "before" if before else "now"],
+                                  env=env, capture_output=True, text=True, check=True).stdout)
+             for _ in range(processes)]
+    return float(np.percentile(times, 90))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1000, help="M = D of the roofline shape")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["small-train"], help="print only these figures")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
+    if args.only == "small-train":
+        print(f"small_train_p90_seconds: {small_train_p90():.3f}")
+        print(f"small_train_p90_seconds_before: {small_train_p90(before=True):.3f}")
+        return
 
     big = Shape(50, args.size, args.size)
     step = reslim_step(big)
@@ -176,6 +213,8 @@ def main() -> None:
     print(f"vs_naive_autograd: {t_naive / t_fast:.2f}")
     print(f"vs_numpy: {t_numpy / t_fast:.2f}")
     print(f"batched_speedup: {batched_speedup():.2f}")
+    print(f"small_train_p90_seconds: {small_train_p90():.3f}")
+    print(f"small_train_p90_seconds_before: {small_train_p90(before=True):.3f}")
     print(f"threads: {torch.get_num_threads()}")
 
 
