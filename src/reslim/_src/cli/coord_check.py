@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from ..models.activations import ACTIVATIONS
 from ..scaling.parameterization import PRESETS
 from .app import app, fail
 from .describe import parse_options
@@ -72,21 +73,26 @@ def _print_check(df, console) -> None:
 
 @app.command("coord-check")
 def coord_check_cmd(
-    param: str = typer.Option("mlu", "--param", help=f"preset: {', '.join(PRESETS)}"),
+    param: str = typer.Option("mlu", "--param", metavar="PRESET",
+                              help=f"parameterization: {', '.join(PRESETS)}"),
     axis: str = typer.Option("L,M,D", "--axis", help="comma list of L, M, D, width, alpha"),
     sizes: str = typer.Option("", "--sizes", help="comma list of sizes (one axis only); "
                               "default per axis: see docs/regimes.md"),
     base: str = typer.Option("8,256,64", "--base", help="L,M,D held fixed off the swept axis"),
-    block: str = typer.Option("two-layer", "--block", help="two-layer or one-layer"),
-    activation: str = typer.Option("tanh", "--activation"),
-    optimizer: str = typer.Option("gd", "--optimizer", help="gd, sgd or adam"),
+    block: str = typer.Option("two-layer", "--block", metavar="two-layer|one-layer", help="residual block"),
+    activation: str = typer.Option("tanh", "--activation", metavar="|".join(ACTIVATIONS),
+                                   help="activation of the blocks"),
+    optimizer: str = typer.Option("gd", "--optimizer", metavar="gd|sgd|adam",
+                                  help="full-batch GD, SGD or Adam"),
     lr: float = typer.Option(0.1, "--lr", help="base learning rate eta"),
     steps: int = typer.Option(3, "--steps", help="training steps recorded"),
     seeds: int = typer.Option(4, "--seeds", help="number of seeds trained together"),
     tol: float = typer.Option(0.25, "--tol", help="|exponent| <= tol counts as Θ(1)"),
-    option: list[str] = typer.Option([], "--option", help="preset option key=value"),
-    out: str = typer.Option("coord-check", "--out", help="folder for the PNG plots"),
-    plot: bool = typer.Option(True, "--plot/--no-plot"),
+    option: list[str] = typer.Option([], "--option", metavar="KEY=VALUE",
+                                     help="preset option, e.g. alpha=2 (repeatable)"),
+    out: str | None = typer.Option(None, "--out", help="folder for the PNG plot (default "
+                                   "runs/coord-check-<param>-<optimizer>-<axes>)"),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="write the PNG plot"),
     all_presets: bool = typer.Option(False, "--all-presets",
                                      help="measure every preset and print the exponent table"),
     table: str = typer.Option("", "--table", help="with --all-presets: also write the Markdown table here"),
@@ -118,6 +124,8 @@ def coord_check_cmd(
         if any(not float(s).is_integer() for s in size_list):
             fail(f"--sizes along {axes[0]} must be integers, got {sizes!r}")
         size_list = [int(s) for s in size_list]
+    if out is None:
+        out = f"runs/coord-check-{param}-{optimizer}-{'-'.join(axes)}"
     if plot and not all_presets:
         _writable_dir(out)
     if table:
@@ -154,15 +162,16 @@ def coord_check_cmd(
 
 @app.command("phase-diagram")
 def phase_diagram_cmd(
-    out: str = typer.Option("phase-diagram", "--out", help="folder for the PNG and the CSV"),
+    out: str = typer.Option("runs/phase-diagram", "--out", help="folder for the PNG and the CSVs"),
     exponents: str = typer.Option("-2,-1.5,-1,-0.5,0", "--exponents",
                                   help="exponents of L and of M in the residual scale"),
     d_exponents: str = typer.Option("-0.5,0,0.5,1,1.5", "--d-exponents",
                                     help="exponents of D in the residual scale"),
     alphas: str = typer.Option("1,2,4,8", "--alphas", help="alpha values of the alpha sweep"),
-    seeds: int = typer.Option(2, "--seeds"),
-    steps: int = typer.Option(2, "--steps"),
-    tol: float = typer.Option(0.25, "--tol"),
+    seeds: int = typer.Option(2, "--seeds", help="number of seeds trained together"),
+    steps: int = typer.Option(2, "--steps", help="training steps recorded"),
+    tol: float = typer.Option(0.25, "--tol", help="|exponent| <= tol counts as Θ(1)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Phase diagram of residual scales beta = alpha L^a M^b D^c (two-layer blocks, lr tied as
     eta D/(L M beta^2)): maps (a, b) at c = 1/2 and (c, a) at b = -1, plus an alpha sweep."""
@@ -178,11 +187,22 @@ def phase_diagram_cmd(
     _writable_dir(out)
     console = Console(width=150)
     t0 = time.perf_counter()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    n_points = len(e_lm) ** 2 + len(e_d) * len(e_lm) + 1  # two maps' points and the alpha sweep
+    bar = Progress(MofNCompleteColumn(), TextColumn("points"), BarColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=Console(stderr=True), disable=not progress)
     try:
-        opts = dict(seeds=tuple(range(seeds)), steps=steps, tol=tol)
-        lm = phase_diagram("L", "M", e_lm, e_lm, **opts)
-        dl = phase_diagram("D", "L", e_d, e_lm, fixed={"M": -1.0}, **opts)
-        al = alpha_sweep(a_list, **opts)
+        with bar:
+            task = bar.add_task("map L-M", total=n_points)
+            opts = dict(seeds=tuple(range(seeds)), steps=steps, tol=tol)
+            lm = phase_diagram("L", "M", e_lm, e_lm, on_point=lambda: bar.advance(task), **opts)
+            bar.update(task, description="map D-L")
+            dl = phase_diagram("D", "L", e_d, e_lm, fixed={"M": -1.0}, on_point=lambda: bar.advance(task),
+                               **opts)
+            bar.update(task, description="alpha sweep")
+            al = alpha_sweep(a_list, **opts)
+            bar.advance(task)
     except ValueError as err:
         fail(str(err))
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,16 @@ def parse_options(items: list[str]) -> dict:
 
 @app.command()
 def describe(
-    param: str = typer.Option(..., "--param", help=f"preset: {', '.join(PRESETS)}"),
-    shape: str = typer.Option(..., "--shape", help="L,M,D"),
-    block: str = typer.Option("two-layer", help="two-layer or one-layer"),
-    d_in: int = typer.Option(5, "--d-in"),
-    d_out: int = typer.Option(5, "--d-out"),
+    param: str = typer.Option(..., "--param", metavar="PRESET",
+                              help=f"parameterization: {', '.join(PRESETS)}"),
+    shape: str = typer.Option(..., "--shape", metavar="L,M,D", help="depth, hidden width and embedding "
+                              "dimension, e.g. 16,64,64"),
+    block: str = typer.Option("two-layer", metavar="two-layer|one-layer", help="residual block"),
+    d_in: int = typer.Option(5, "--d-in", help="input dimension"),
+    d_out: int = typer.Option(5, "--d-out", help="output dimension"),
     lr: float = typer.Option(1.0, "--lr", help="base learning rate eta"),
-    option: list[str] = typer.Option([], "--option", help="preset option key=value"),
+    option: list[str] = typer.Option([], "--option", metavar="KEY=VALUE",
+                                     help="preset option, e.g. alpha=2 (repeatable)"),
 ) -> None:
     """Print the effective init std, multiplier and learning rates of every tensor."""
     from rich.console import Console

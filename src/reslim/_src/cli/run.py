@@ -26,15 +26,46 @@ def data_overrides(spec, kind: str | None, directory: str | None) -> list[str]:
     raise SpecError(f"--data: experiment kind {spec.kind!r} takes no data option")
 
 
-@app.command()
+def _spec_lines(width: int = 72) -> str:
+    """One line per built-in spec: its name and the start of its description."""
+    import tomllib
+    from importlib import resources
+
+    from ..experiments.spec import BUILTIN_SPECS, builtin_specs
+
+    names = builtin_specs()
+    pad = max(map(len, names), default=0) + 2
+    lines = []
+    for name in names:
+        try:
+            text = tomllib.loads((resources.files(BUILTIN_SPECS) / f"{name}.toml").read_text())
+            desc = " ".join(str(text.get("description", "")).split())
+        except (OSError, tomllib.TOMLDecodeError):
+            desc = ""
+        if len(desc) > width - pad:
+            desc = desc[: width - pad - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+        lines.append(f"{name:<{pad}}{desc}")
+    return "\n".join(lines)
+
+
+_RUN_HELP = (
+    "Run an experiment spec: sweep (resuming), store results, fit, write the report.\n\n"
+    "Results go to runs/<spec name> (see --out); --dry-run prints the plan and computes nothing; "
+    "Ctrl-C stops with every finished run stored, and the same command resumes.\n\n"
+    "\b\nBuilt-in specs:\n" + _spec_lines()
+)
+
+
+@app.command(help=_RUN_HELP)
 def run(
-    spec: str = typer.Argument(..., help="built-in spec name (e.g. convergence) or a path to a .toml spec"),
+    spec: str = typer.Argument(..., help="built-in spec name (listed above) or a path to a .toml spec"),
     overrides: list[str] = typer.Option([], "--set", help="override a spec field: key=value (TOML value)"),
     out: str | None = typer.Option(None, "--out", help="output directory (default runs/<spec name>, "
                                     "runs/<spec name>-<hash> with --set overrides)"),
     jobs: int | None = typer.Option(None, "--jobs", help="tasks in parallel (local: worker processes, "
                                     "default 1; ray: default what the cluster holds)"),
-    executor: str = typer.Option("local", "--executor", help="where tasks run: local or ray"),
+    executor: str = typer.Option("local", "--executor", metavar="local|ray",
+                                 help="where tasks run: worker processes here, or a Ray cluster"),
     address: str | None = typer.Option(None, "--address", help="ray: auto or HOST:PORT of a running "
                                        "cluster (default: start a private local Ray instance)"),
     connect_timeout: float | None = typer.Option(None, "--connect-timeout", help="ray: seconds to wait "
@@ -49,8 +80,9 @@ def run(
                                     "cifar10 (sets data.kind, or datasets for transfer)"),
     data_dir: str | None = typer.Option(None, "--data-dir", help="folder holding the data on disk "
                                         "(e.g. cifar-10-batches-bin)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the number of runs, their estimated "
+                                 "cost and memory, and what is already stored; compute and write nothing"),
 ) -> None:
-    """Run an experiment spec: sweep (resuming), store results, fit, write the report."""
     from ..experiments.executors import make_executor
     from ..experiments.spec import SpecError, load_spec
     from ..experiments.store import StoreError
@@ -72,6 +104,9 @@ def run(
         out = check_output_dir(out if out is not None else default_output_dir(spec, s))
     except SpecError as err:
         fail(str(err))
+    if dry_run:
+        _dry_run(s, out)
+        return
     try:
         ex = make_executor(executor, **options)
     except ValueError as err:
@@ -84,10 +119,17 @@ def run(
         summary = run_experiment(s, out, executor=ex, progress=progress, console=console)
     except (StoreError, SpecError) as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        stored, total = _stored_runs(s, out)
+        typer.echo(f"interrupted: {stored} of {total} runs stored in {out}; the same command resumes",
+                   err=True)
+        raise typer.Exit(code=130) from None
     finally:
         ex.close()
     c = summary.counts
     n_skip = len(summary.skipped_runs)
+    if summary.skipped == summary.total and not n_skip:
+        typer.echo(f"{s.name}: nothing to do: all {summary.total} runs are already stored in {out}")
     typer.echo(f"{s.name}: {summary.total} runs, {summary.skipped} already stored, {c['done']} done, "
                f"{c['diverged']} diverged, {c['failed']} failed" + (f", {n_skip} skipped" if n_skip else "")
                + f" in {summary.seconds:.1f} s")
@@ -103,6 +145,49 @@ def run(
         typer.echo(f"error: no usable result in {out}: no run of {s.name} finished as done "
                    "(see reslim runs)", err=True)
         raise typer.Exit(code=1)
+
+
+def _stored_runs(spec, out: Path) -> tuple[int, int]:
+    """(finished runs of ``spec`` stored in ``out``, runs of ``spec``)."""
+    from ..experiments.registry import get_experiment
+    from ..experiments.store import Store, StoreError
+
+    keys = {r.key for r in get_experiment(spec.kind).expand(spec)}
+    if not (Path(out) / "results.sqlite").is_file():
+        return 0, len(keys)
+    try:
+        with Store(out, create=False) as store:
+            return len(keys & set(store.finished_keys())), len(keys)
+    except StoreError:
+        return 0, len(keys)
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _dry_run(spec, out: Path) -> None:
+    """What ``reslim run`` would do: runs, tasks, estimated cost and memory; nothing computed or written."""
+    from ..experiments.registry import get_experiment
+    from ..experiments.sweep import plan_tasks
+    from ..experiments.validation import available_memory
+
+    kind = get_experiment(spec.kind)
+    runs = kind.expand(spec)
+    stored, total = _stored_runs(spec, out)
+    tasks = plan_tasks(runs, kind.module, max_task_bytes=spec.max_task_mb * 2**20)
+    cost = sum(r.cost for r in runs)
+    mem = max((sum(r.mem for r in t.runs) for t in tasks), default=0.0)
+    stages = len({r.stage for r in runs})
+    typer.echo(f"{spec.name} ({spec.kind}): {total} runs in {len(tasks)} tasks over {stages} stage(s); "
+               f"{stored} already stored in {out}, {total - stored} to run")
+    typer.echo(f"estimated cost: {cost:.3g} floating-point operations in all (the runs' cost estimates)")
+    typer.echo(f"estimated memory: {_bytes(mem)} for the largest task (tasks capped at "
+               f"max_task_mb = {spec.max_task_mb:g} MiB; available {_bytes(available_memory())})")
+    typer.echo("dry run: nothing computed or written")
 
 
 def _store(directory: Path):

@@ -20,7 +20,7 @@ MLU's residual scale gives Θ(1) unit updates along every axis, and ``du ~ 1/alp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -99,6 +99,7 @@ def phase_diagram(
     steps: int = 2,
     seeds: Sequence[int] = (0, 1),
     tol: float = TOL,
+    on_point: Callable[[], None] | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Classify every residual scale ``alpha L^a M^b D^c`` on a grid of two exponents.
@@ -107,7 +108,7 @@ def phase_diagram(
     MLU's: ``L: -1, M: -1, D: 1/2``). Each point is coordinate-checked along ``axes`` with
     ``sizes`` (default three sizes a factor 4 apart per axis, around ``base``). One row per
     point: ``exp_L, exp_M, exp_D, alpha, verdict`` and per-axis verdicts/exponents
-    (:func:`classify_point`).
+    (:func:`classify_point`). ``on_point``: called after each point (progress).
     """
     for name, v in (("x", x), ("y", y)):
         if v not in EXPONENT_AXES:
@@ -132,6 +133,8 @@ def phase_diagram(
             row.update(classify_point(p, axes, sizes=sizes, base=base, steps=steps, seeds=seeds,
                                       tol=tol, **options))
             rows.append(row)
+            if on_point is not None:
+                on_point()
     out = pd.DataFrame(rows)
     out.attrs.update({"x": x, "y": y, "fixed": {k: v for k, v in exps.items() if k not in (x, y)}})
     return out

@@ -56,7 +56,9 @@ class SweepSummary:
 
 
 class _Progress:
-    """A rich progress bar weighted by run cost: ETA, runs done, and the shapes in flight."""
+    """A rich progress bar weighted by run cost: runs done, the share of the estimated cost done
+    (labelled so: the bar, its percentage and the ETA measure cost, the count measures runs), the
+    ETA, and the shapes in flight. Nothing is shown when there is nothing to run."""
 
     def __init__(self, enabled: bool, console=None) -> None:
         self.enabled = enabled
@@ -64,7 +66,7 @@ class _Progress:
         self.bar = None
 
     def start(self, total_cost: float, total_runs: int) -> None:
-        if not self.enabled:
+        if not self.enabled or total_runs == 0:
             return
         from rich.progress import (
             BarColumn,
@@ -75,8 +77,9 @@ class _Progress:
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(TextColumn("{task.fields[runs]}"), BarColumn(), TaskProgressColumn(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        self.bar = Progress(TextColumn("{task.fields[runs]}"), BarColumn(),
+                            TaskProgressColumn("{task.percentage:>3.0f}% of cost"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(),
                             TextColumn("{task.description}"), console=self.console, transient=False)
         self.bar.start()
         self.total_runs, self.runs_done = total_runs, 0

@@ -296,6 +296,13 @@ def get_parameterization(name: str | Parameterization, **options: Any) -> Parame
         return name
     if name not in PRESETS:
         raise ValueError(f"unknown parameterization {name!r}; presets: {', '.join(PRESETS)}")
+    import inspect
+
+    params = inspect.signature(PRESETS[name]).parameters
+    for key, value in options.items():  # a numeric option given text: say so, not the rule it would make
+        numeric = key in params and params[key].annotation in (float, "float")
+        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"option {key!r} of parameterization {name!r} must be a number, got {value!r}")
     try:
         return PRESETS[name](**options)
     except TypeError:
