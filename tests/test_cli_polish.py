@@ -156,3 +156,10 @@ def test_scaling_rule_error_is_one_line_without_internals(capsys):
                                      "--option", "correction=abc"])
     line = one_line_error(code, out, err, "correction", "must be a number", "'abc'")
     assert "D*1*L" not in line and "scaling rule" not in line
+
+
+def test_phase_diagram_shows_progress(tmp_path):
+    res = CliRunner().invoke(app, ["phase-diagram", "--exponents", "-1", "--d-exponents", "0.5", "--alphas",
+                                   "1,2", "--seeds", "1", "--steps", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "3/3 points" in res.output, res.output
