@@ -464,6 +464,23 @@ class Store:
             out = {k: v for k, v in out.items() if k in wanted}
         return out
 
+    def content_digest(self) -> str:
+        """A digest of what this store (or view) holds: every run's key, status, row checksum,
+        finish time and attempts, and the meta values; equal digests mean equal contents."""
+        import hashlib
+
+        with self._reading():
+            rows = self.conn.execute(
+                f"SELECT key, status, {'NULL' if self._legacy else 'checksum'}, finished, attempts "
+                "FROM runs ORDER BY key").fetchall()
+            meta = self.conn.execute("SELECT name, value FROM meta ORDER BY name").fetchall()
+        h = hashlib.sha256()
+        for row in rows:
+            if self._mine(row[0]):
+                h.update(json.dumps(list(row)).encode())
+        h.update(json.dumps(meta).encode())
+        return h.hexdigest()
+
     def keys(self) -> set[str]:
         """Keys of every stored run (of any status)."""
         return set(self.statuses())

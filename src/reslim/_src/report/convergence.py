@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
-from .report import Section
+from .report import Section, verdict_note
 
 AXES = ("L", "M", "D")
 #: the other terms of err^2 along an axis, the rest held fixed (docs/theory.md §2.3): the background of
@@ -262,7 +262,8 @@ def summary_lines(res: ConvergenceAnalysis) -> list[str]:
                else ", floor-corrected term")
         lines.append(f"  {r['error']:>9} error vs {r['against']} ({r['held at']}{how}): "
                      f"{r['exponent']:+.3f} [{r['CI low']:+.3f}, {r['CI high']:+.3f}]"
-                     f"  (theory {r['theory']:+.3f})")
+                     f"  (theory {r['theory']:+.3f}; "
+                     f"{verdict_note(r['theory'], r['CI low'], r['CI high'])})")
     for role, phi in res.floor.items():
         lines.append(f"  {role} reference floor (twin): err^2 = {np.nanmean(phi):.4g} "
                      f"(RMS {math.sqrt(np.nanmean(phi)):.3g})")

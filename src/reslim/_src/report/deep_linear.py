@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
-from .report import Section
+from .report import Section, verdict_note
 
 #: mean of the Kolmogorov-Smirnov statistic of n exact Gaussian samples is about this / sqrt(n)
 KS_NULL = 0.8687
@@ -122,7 +122,8 @@ def summary_lines(res: DeepLinearAnalysis) -> list[str]:
     lines = ["deep-linear: finite deep linear networks vs their infinite-width limit"]
     for r in res.fits.to_dict("records"):
         lines.append(f"  |beta_N - beta_inf| vs N (L={r['L']}, step {r['step']}): {r['exponent']:+.3f} "
-                     f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory -1/2)")
+                     f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory -1/2; "
+                     f"{verdict_note(-0.5, r['CI low'], r['CI high'])})")
     if len(res.law):
         last = res.law.groupby("L").tail(1)
         for r in last.to_dict("records"):

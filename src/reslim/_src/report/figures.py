@@ -67,7 +67,7 @@ def error_vs_axis(agg: pd.DataFrame, x: str, line: str, fixed: dict[str, int], y
 
 
 def error_vs_P(agg: pd.DataFrame, ylabel: str, frontier: pd.DataFrame | None = None, fit=None,
-               guides: dict[str, tuple[float, float]] | None = None):
+               guides: dict[str, tuple[float, float]] | None = None, title: str = ""):
     """Error of every shape against ``P = L M D``, the best-shape frontier, its power-law fit and
     guide lines ``label -> (constant, exponent)``."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
@@ -86,12 +86,14 @@ def error_vs_P(agg: pd.DataFrame, ylabel: str, frontier: pd.DataFrame | None = N
     ax.set_yscale("log")
     ax.set_xlabel("P = L M D")
     ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs P; black: best shape at each P; red: theory's slopes", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.25)
     return fig
 
 
-def losses(curves: list[tuple[str, np.ndarray, float]], reference: np.ndarray | None = None):
+def losses(curves: list[tuple[str, np.ndarray, float]], reference: np.ndarray | None = None,
+           title: str = "training loss per shape, coloured by P = L M D"):
     """Training loss against step for each shape (``(label, loss (K+1,), P)``, coloured by P)."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     if curves:
@@ -109,5 +111,6 @@ def losses(curves: list[tuple[str, np.ndarray, float]], reference: np.ndarray | 
     ax.set_yscale("log")
     ax.set_xlabel("GD step k")
     ax.set_ylabel("training loss (mean over repetitions)")
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     return fig

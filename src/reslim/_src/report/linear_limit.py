@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures
-from .report import Section
+from .report import Section, verdict_note
 
 FINITE_METRICS = ("embedding_error", "output_error", "ode_embedding_error", "ode_output_error")
 GAP_METRICS = ("embedding_error", "output_error")
@@ -224,7 +224,8 @@ def summary_lines(res: LinearLimitAnalysis) -> list[str]:
     for r in res.fits.to_dict("records"):
         if r["quantity"].startswith("(b)"):
             lines.append(f"  {r['quantity']} vs {r['against']} ({r['held at']}): {r['exponent']:+.3f} "
-                         f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory {r['theory']:+.2f})")
+                         f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory {r['theory']:+.2f}; "
+                         f"{verdict_note(r['theory'], r['CI low'], r['CI high'])})")
     for role, c in res.counts.items():
         n_div, n_fail = c.get("diverged", 0), c.get("failed", 0)
         if n_div or n_fail:

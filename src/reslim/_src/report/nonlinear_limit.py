@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import figures
 from .linear_limit import Fits, LinearLimitAnalysis, _matrix, _rms, leg1_figure, leg2_figure, start_analysis
-from .report import Section
+from .report import Section, verdict_note
 
 #: error metric -> the metric holding its limit's standard error
 FINITE_PAIRS = {"ode_embedding_rms": "ode_embedding_stderr", "ode_embedding_error": "ode_hidden_stderr",
@@ -150,7 +150,8 @@ def analyse(kind, spec, store) -> NonlinearLimitAnalysis:
 def _fit_line(r: dict) -> str:
     ex = f", {r['excluded']} left out below the stderr cut" if r.get("excluded") else ""
     return (f"  {r['quantity']} vs {r['against']} ({r['held at']}): {r['exponent']:+.3f} "
-            f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory {r['theory']}; {r['points']} points{ex})")
+            f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}] (theory {r['theory']}; {r['points']} points{ex}; "
+            f"{verdict_note(r['theory'], r['CI low'], r['CI high']) or 'no verdict'})")
 
 
 def _additive_rows(res: NonlinearLimitAnalysis) -> pd.DataFrame:

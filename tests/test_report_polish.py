@@ -1,0 +1,118 @@
+"""Reports: the spec collapsed at the end, verdicts of fitted exponents against theory, titled and
+labelled figures, and the analysis cache (a rerun with nothing new does not refit)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reslim._src.experiments.spec import load_spec
+from reslim._src.experiments.sweep import run_experiment
+from reslim._src.report import figures
+from reslim._src.report.report import (
+    CACHE_FILE,
+    Section,
+    render_html,
+    render_markdown,
+    verdict,
+    verdict_note,
+    with_verdicts,
+    write_report,
+)
+
+TINY = ["grid.L=[2]", "grid.M=[2,8]", "grid.D=[2,4]", "repetitions=1", "train.steps=3", "analysis.n_boot=10",
+        "reference={kind='network', shape=[2,8,4]}"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("polish") / "D"
+    run_experiment(load_spec("convergence", TINY), out, progress=False)
+    return out
+
+
+def test_spec_is_collapsed_at_the_end(tiny):
+    page = (tiny / "report.html").read_text()
+    assert page.count("<details>") == 1
+    details = page.index("<details>")
+    assert details > page.rindex("<h2>")  # after the last section heading: the report's end
+    assert 'name = &quot;' in page[details:]  # the TOML spec is inside it
+    assert "<pre>" not in page[:details]  # no spec dump near the top
+    md = (tiny / "report.md").read_text()
+    assert md.rindex("## Spec") > md.index("## Overview")
+    assert re.findall(r"^## .*", md, re.M)[-1] == "## Spec"
+
+
+def test_tables_scroll_and_text_left_aligned(tiny):
+    page = (tiny / "report.html").read_text()
+    assert '<div class="table-wrap"><table>' in page
+    assert ".table-wrap{overflow-x:auto" in page
+    assert '<td class="text">' in page
+
+
+def test_verdict_flags_an_inconsistent_exponent():
+    assert verdict(-1.0, -0.528, -0.113) == "inconsistent"
+    assert verdict("-1/2", -0.6, -0.4) == "consistent"
+    assert verdict(float("nan"), -1, 0) == ""
+    assert "INCONSISTENT" in verdict_note(-1.0, -0.528, -0.113)
+    assert "docs/experiments.md#" in verdict_note(-1.0, -0.528, -0.113)
+    df = pd.DataFrame([{"error": "output", "against": "M", "exponent": -0.294, "CI low": -0.528,
+                        "CI high": -0.113, "theory": -1.0},
+                       {"error": "output", "against": "D", "exponent": -0.49, "CI low": -0.6,
+                        "CI high": -0.4, "theory": -0.5}])
+    assert list(with_verdicts(df)["verdict"]) == ["inconsistent", "consistent"]
+    sec = Section("Fits", tables=[("fits", df)])
+    page = render_html("t", [sec])
+    assert '<td class="text inconsistent"><a href="docs/experiments.md#' in page
+    assert "| inconsistent |" in render_markdown("t", [sec], base=None)
+
+
+def test_report_fit_table_has_a_verdict_column(tiny):
+    md = (tiny / "report.md").read_text()
+    header = next(line for line in md.splitlines() if "| exponent |" in line and "| theory |" in line)
+    assert header.rstrip().endswith("| verdict |")
+
+
+def test_figures_have_titles_and_axis_labels():
+    rng = np.random.default_rng(0)
+    rows = [{"L": 4, "M": M, "D": D, "P": 4 * M * D, "rms": float(rng.uniform(0.1, 1))}
+            for M in (2, 4, 8) for D in (2, 4)]
+    agg = pd.DataFrame(rows)
+    made = [figures.error_vs_axis(agg, "M", "D", {"L": 4}, "error"),
+            figures.error_vs_P(agg, "error", guides={"P^-1/6": (1.0, -1 / 6)}),
+            figures.losses([("a", np.linspace(1, 0.1, 5), 16.0), ("b", np.linspace(1, 0.2, 5), 64.0)],
+                           np.linspace(1, 0.05, 5))]
+    try:
+        for fig in made:
+            ax = fig.axes[0]
+            assert ax.get_title(), fig
+            assert ax.get_xlabel() and ax.get_ylabel(), fig
+    finally:
+        import matplotlib.pyplot as plt
+
+        for fig in made:
+            plt.close(fig)
+
+
+def test_cached_rerun_does_not_analyse(tiny, monkeypatch):
+    from reslim._src.experiments.registry import get_experiment
+
+    assert (tiny / CACHE_FILE).is_file()
+    first = write_report(tiny)  # the fixture's report: cached
+    kind = type(get_experiment("convergence"))
+    calls = []
+    original = kind.analyse
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(kind, "analyse", counting)
+    again = write_report(tiny)
+    assert calls == [] and again.analysis is None and again.summary == first.summary
+    (tiny / CACHE_FILE).write_text('{"key": "stale", "summary": []}')  # a changed store: recomputed
+    fresh = write_report(tiny)
+    assert calls == [1] and fresh.analysis is not None and fresh.summary == first.summary
