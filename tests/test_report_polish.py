@@ -116,3 +116,26 @@ def test_cached_rerun_does_not_analyse(tiny, monkeypatch):
     (tiny / CACHE_FILE).write_text('{"key": "stale", "summary": []}')  # a changed store: recomputed
     fresh = write_report(tiny)
     assert calls == [1] and fresh.analysis is not None and fresh.summary == first.summary
+
+
+def test_depth_figures_titled_labelled_guided_and_finite():
+    import matplotlib.pyplot as plt
+
+    from reslim._src.experiments.depth_experiments import plot_vs_depth
+
+    rows = [{"optimizer": "sgd", "correction": 0.0, "L": L, "seed": s,
+             "dp_own": (np.inf if (L == 8 and s == 1) else L ** -0.5), "dh": 1.0}
+            for L in (2, 4, 8) for s in (0, 1)]
+    fig = plot_vs_depth(pd.DataFrame(rows), ["dp_own", "dh"], ["optimizer", "correction"],
+                        guides={"dp_own": [(-0.5, "L^-1/2")]})
+    try:
+        assert fig._suptitle is not None and fig._suptitle.get_text()
+        for ax in fig.axes:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert "optimizer sgd, correction 0" in labels and "L^-1/2" in labels
+        for coll in fig.axes[0].collections:  # the min-max band stays finite (diverged seed left out)
+            for path in coll.get_paths():
+                assert np.isfinite(path.vertices).all()
+    finally:
+        plt.close(fig)

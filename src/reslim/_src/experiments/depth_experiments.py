@@ -260,7 +260,11 @@ class GiaGap(_DepthKind):
         s.paragraphs += _fits_paragraph(analysis["fits"], ["param"])
         s.tables.append(("Gap per depth (mean, std over seeds)", analysis["summary"]))
         s.tables.append(("Fitted exponents", analysis["fits"]))
-        s.figures.append(save(plot_vs_depth(analysis["table"], ["loss_gap", "output_gap"], "param"),
+        guide = [(-0.5, "slope L^-1/2"), (0.0, "slope L^0")]
+        fig = plot_vs_depth(analysis["table"], ["loss_gap", "output_gap"], "param",
+                            title="GIA gap vs depth (ordinary vs GIA training); dotted: reference slopes",
+                            guides={"loss_gap": guide, "output_gap": guide})
+        s.figures.append(save(fig,
                               figure_dir, "gia-gap", "GIA gap vs depth (seed mean, min-max band)"))
         return [s]
 
@@ -270,27 +274,40 @@ class GiaGap(_DepthKind):
                 if r.metric in ("loss_gap", "output_gap")]
 
 
-def plot_vs_depth(df: pd.DataFrame, metrics: list[str], line: str | list[str]):
-    """Log-log metric vs L, one line per group of ``line`` (seed mean, min-max band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_vs_depth(df: pd.DataFrame, metrics: list[str], line: str | list[str], title: str = "",
+                  guides: dict[str, list[tuple[float, str]]] | None = None):
+    """Log-log metric vs L, one line per group of ``line`` (seed mean, min-max band over the seeds
+    with a finite value: a diverged seed is left out, never drawn to infinity); ``guides``:
+    ``metric -> [(exponent, label)]`` dotted slopes through the lines' first point."""
     import matplotlib.pyplot as plt
 
     by = [line] if isinstance(line, str) else list(line)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for key, g in df.groupby(by, sort=False):
+        vals = df[np.isfinite(df[metric].astype(float))] if len(df) else df
+        firsts = []
+        for key, g in vals.groupby(by, sort=False):
             key = key if isinstance(key, tuple) else (key,)
             a = g.groupby("L")[metric].agg(["mean", "min", "max"]).reset_index()
-            lab = ", ".join(str(k) for k in key)
+            lab = ", ".join(f"{name} {k:g}" if isinstance(k, float) else f"{name} {k}"
+                            for name, k in zip(by, key, strict=True))
             ax.plot(a["L"], a["mean"], "-o", ms=3, label=lab)
             ax.fill_between(a["L"], a["min"], a["max"], alpha=0.2)
+            if len(a):
+                firsts.append((float(a["L"].iloc[0]), float(a["mean"].iloc[0]), float(a["L"].iloc[-1])))
+        for (expo, label), style in zip((guides or {}).get(metric, []), (":", "-.", "--"), strict=False):
+            if not firsts:
+                break
+            L0, y0, L1 = max(firsts, key=lambda f: f[1])
+            Ls = np.geomspace(L0, max(L1, L0 * 2), 20)
+            ax.plot(Ls, y0 * (Ls / L0) ** expo, style, color="0.3", lw=1, label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("L")
+        ax.set_xlabel("depth L")
+        ax.set_ylabel(metric)
         ax.set_title(metric, fontsize=9)
-    axes[0][0].legend(fontsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle(title or f"{', '.join(metrics)} vs depth (seed mean, min-max band)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -401,7 +418,11 @@ class Collapse(_DepthKind):
         s.paragraphs += _fits_paragraph(analysis["fits"], ["optimizer", "correction"])
         s.tables.append(("Per depth (mean, std over seeds)", analysis["summary"]))
         s.tables.append(("Fitted exponents", analysis["fits"]))
-        s.figures.append(save(plot_vs_depth(analysis["table"], ["dp_own", "dh"], ["optimizer", "correction"]),
+        fig = plot_vs_depth(analysis["table"], ["dp_own", "dh"], ["optimizer", "correction"],
+                            title="Feature updates vs depth; legend: optimizer, correction c (U lr x L^c)",
+                            guides={"dp_own": [(-0.5, "L^-1/2 (depth-muP prediction)"),
+                                               (0.0, "L^0 (corrected)")]})
+        s.figures.append(save(fig,
                               figure_dir, "collapse", "Feature updates vs depth"))
         return [s]
 
