@@ -214,7 +214,7 @@ def _reference_text(res: ConvergenceAnalysis) -> list[str]:
         return []
     name = info["name"]
     what = ("the exact large-D limit (L, M -> oo, then D -> oo; docs/theory.md §2.2, §4)" if name == "large-d"
-            else f"the limit {name!r} of reslim.limits")
+            else f"the limit `{name}` of reslim.limits")
     how = ""
     if info.get("method") == "sampled":
         how = (f", solved by the span-reduced sampled solver ({info.get('samples')} unit samples in "
@@ -305,7 +305,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
         *_reference_text(res), *_floor_text(res), *res.notes])
     if res.reference:
         ref = res.reference
-        fit_sec.tables.append((f"The reference: exact limit {ref['name']!r} and its own error estimate "
+        fit_sec.tables.append((f"The reference: exact limit {ref['name']} and its own error estimate "
                                f"at k = {res.step}", pd.DataFrame([{
                                    "limit": ref["name"], "method": ref.get("method", ""),
                                    "samples": ref.get("samples", math.nan),
