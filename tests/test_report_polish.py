@@ -139,3 +139,31 @@ def test_depth_figures_titled_labelled_guided_and_finite():
                 assert np.isfinite(path.vertices).all()
     finally:
         plt.close(fig)
+
+
+def test_coord_check_figure_has_y_and_one_colour_per_position(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from reslim.diagnostics import coord_check, plot_coord_check
+
+    df = coord_check("depth-mup", "L", (2, 4), base=(2, 8, 6), steps=1, seeds=(0,), block="one-layer")
+    saved = []
+    original = Figure.savefig
+    def capture(self, *a, **k):
+        saved.append(self)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_coord_check(df, str(tmp_path / "cc.png"))
+    (fig,) = saved
+    assert fig._suptitle is not None and fig._suptitle.get_text()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "y" in titles
+    colours: dict[str, set] = {}
+    for ax in fig.axes:
+        assert ax.get_title() and ax.get_xlabel()
+        for line in ax.get_lines():
+            pos = line.get_label().split(" (")[0]
+            colours.setdefault(pos, set()).add(line.get_color() if isinstance(line.get_color(), str)
+                                               else tuple(line.get_color()))
+    assert colours and all(len(c) == 1 for c in colours.values())

@@ -449,7 +449,11 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
     import matplotlib.pyplot as plt
 
     axes = list(dict.fromkeys(exponents["axis"]))
-    quantities = ("h", "p", "dh", "dp", "du", "dy")
+    quantities = QUANTITIES  # the output y included
+    initial = ("h", "p", "y")  # measured at initialisation, not at a step
+    positions = list(dict.fromkeys(exponents["position"]))
+    cmap = plt.get_cmap("tab10")
+    colour = {pos: cmap(n % 10) for n, pos in enumerate(positions)}  # one colour per position, all panels
     fig, grid = plt.subplots(len(axes), len(quantities), figsize=(2.9 * len(quantities),
                              2.9 * len(axes) + 0.4), squeeze=False)
     param = exponents["param"].iloc[0]
@@ -459,12 +463,12 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
         k = int(ea["step"].max()) if step is None else step
         for j, q in enumerate(quantities):
             ax = grid[i][j]
-            eq = ea[(ea["quantity"] == q) & ((ea["step"] == k) | (q in ("h", "p")))]
+            eq = ea[(ea["quantity"] == q) & ((ea["step"] == k) | (q in initial))]
             for r in eq.itertuples():
                 vals = np.array(r.values, dtype=float)
                 vals[~np.isfinite(vals)] = np.nan
                 style = "-" if r.position == "all" else "--"
-                ax.plot(r.sizes, vals, style, marker="o", ms=3,
+                ax.plot(r.sizes, vals, style, marker="o", ms=3, color=colour[r.position],
                         label=f"{r.position} ({r.exponent:+.2f})")
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -473,7 +477,7 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
             ax.set_xticks(sizes, [f"{v:g}" for v in sizes], fontsize=7)
             ax.minorticks_off()
             ax.set_xlabel(a)
-            title = q if q in ("h", "p") else f"{q} at k={k}"
+            title = q if q in initial else f"{q} at k={k}"
             ax.set_title(f"{title}", fontsize=9)
             ax.legend(fontsize=6)
         grid[i][0].set_ylabel("RMS")
