@@ -167,3 +167,28 @@ def test_coord_check_figure_has_y_and_one_colour_per_position(tmp_path, monkeypa
             colours.setdefault(pos, set()).add(line.get_color() if isinstance(line.get_color(), str)
                                                else tuple(line.get_color()))
     assert colours and all(len(c) == 1 for c in colours.values())
+
+
+def test_phase_diagram_legend_sits_outside_the_map(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from reslim.diagnostics import phase_diagram, plot_phase_diagram
+
+    grid = phase_diagram("L", "M", (-1.5, -1.0), (-1.0,), axes=("L",), base=(8, 128, 64), steps=1,
+                         seeds=(0,), sizes={"L": (4, 8, 16), "M": (64, 128, 256), "D": (32, 64, 128)})
+    saved = []
+    original = Figure.savefig
+
+    def capture(self, *a, **k):
+        saved.append(self)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_phase_diagram([grid], str(tmp_path / "p.png"))
+    (fig,) = saved
+    ax = fig.axes[0]
+    assert ax.get_legend() is None and fig.legends  # a figure legend, not one drawn over the cells
+    fig.canvas.draw()
+    box, cells = fig.legends[0].get_window_extent(), ax.get_window_extent()
+    assert box.y1 <= cells.y0  # below the map
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()

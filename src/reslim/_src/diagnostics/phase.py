@@ -203,7 +203,9 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
         ax.set_title(f"beta = L^a M^b D^c ({fixed} fixed)\nstripes: verdict along L / M / D, "
                      f"text: exponent of du", fontsize=9)
     handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()]
-    axs[0][0].legend(handles=handles, fontsize=7, loc="lower left")
+    # beside the panels, below them: a legend inside the map would cover its cells
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False,
+               title="verdict", title_fontsize=7)
     if alpha is not None:
         ax = axs[0][-1]
         k = int(alpha["step"].max())
@@ -223,7 +225,7 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
         ax.set_ylabel(f"RMS change at step {k}")
         ax.set_title("MLU residual scale, growing alpha", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
