@@ -174,7 +174,9 @@ def test_a_changed_array_or_row_fails_its_checksum(capsys, tmp_path, tiny):
     con.commit()
     assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"  # SQLite cannot see it
     con.close()
-    for argv in (["runs", str(out)], ["report", str(out)]):
+    assert (out / "report-cache.json").is_file()  # a rerun would take the cached report ...
+    rerun = ["run", "convergence", "--out", str(out), "--no-progress", *_sets(TINY)]
+    for argv in (["runs", str(out)], ["report", str(out)], rerun):  # ... and still checks the data
         _one_line(*_invoke(capsys, argv), str(db), "corrupt", f"array 'loss' of run {key} fails its checksum")
     with Store(out, create=False) as store, pytest.raises(StoreError, match="fails its checksum"):
         store.arrays(key)

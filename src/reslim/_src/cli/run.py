@@ -253,7 +253,7 @@ def report(directory: Path = typer.Argument(..., help="output directory of a run
     from ..report.report import write_report
 
     try:
-        rep = write_report(directory)
+        rep = write_report(directory, cache=False)  # asked for: always rebuilt
     except (StoreError, SpecError, ValueError) as err:
         fail(str(err))
     for line in rep.summary:

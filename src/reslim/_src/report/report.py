@@ -274,23 +274,24 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-def write_report(out: str | Path, spec=None, store=None) -> ReportResult:
+def write_report(out: str | Path, spec=None, store=None, cache: bool = True) -> ReportResult:
     """Analyse the store in ``out`` and write ``report.md``, ``report.html`` and figures there.
 
     ``spec``: the spec to report on (default: the one stored with the results). ``store``: the
     open store of ``out``, its lock held by the caller (default: open it and hold its lock while
     the report is written). When the report in ``out`` was written from the same spec and store
-    content (:data:`CACHE_FILE`), nothing is analysed or rewritten: the result's ``analysis`` is
-    then None and its summary the cached one. Every analysis, table and figure sees only
+    content (:data:`CACHE_FILE`), nothing is analysed or rewritten (the stored checksums are still
+    verified): the result's ``analysis`` is then None and its summary the cached one;
+    ``cache=False`` always analyses and rewrites (``reslim report`` does). Every analysis, table and figure sees only
     ``spec``'s runs (the kind's hooks get a view of the store restricted to them); files are
     written atomically.
     """
     from ..experiments.store import Store
 
     if store is not None:
-        return _write_report(Path(store.directory), spec, store)
+        return _write_report(Path(store.directory), spec, store, cache)
     with Store(out, create=False, lock=True) as own:
-        return _write_report(Path(own.directory), spec, own)
+        return _write_report(Path(own.directory), spec, own, cache)
 
 
 #: the analysis cache in an output directory: the key of the store's content the report was
@@ -322,7 +323,7 @@ def _cached(out: Path, key: str) -> list[str] | None:
     return [str(x) for x in summary] if isinstance(summary, list) else None
 
 
-def _write_report(out: Path, spec, store) -> ReportResult:
+def _write_report(out: Path, spec, store, cache: bool = True) -> ReportResult:
     from ..experiments.registry import get_experiment
     from ..experiments.spec import validate_spec
     from ..experiments.store import StoreError
@@ -336,8 +337,9 @@ def _write_report(out: Path, spec, store) -> ReportResult:
     view = store.only(r.key for r in kind.expand(spec))  # this spec's runs, nothing else
     md, htm = out / "report.md", out / "report.html"
     key = _cache_key(spec, view)
-    summary = _cached(out, key)
+    summary = _cached(out, key) if cache else None
     if summary is not None:  # nothing new in the store: the report on disk is this one
+        view.verify()  # the key holds the stored checksums: check the data still matches them
         return ReportResult({"markdown": md, "html": htm}, None, summary)
     try:
         analysis = kind.analyse(spec, view)
