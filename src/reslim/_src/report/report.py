@@ -280,11 +280,11 @@ def write_report(out: str | Path, spec=None, store=None, cache: bool = True) -> 
     ``spec``: the spec to report on (default: the one stored with the results). ``store``: the
     open store of ``out``, its lock held by the caller (default: open it and hold its lock while
     the report is written). When the report in ``out`` was written from the same spec and store
-    content (:data:`CACHE_FILE`), nothing is analysed or rewritten (the stored checksums are still
-    verified): the result's ``analysis`` is then None and its summary the cached one;
-    ``cache=False`` always analyses and rewrites (``reslim report`` does). Every analysis, table and figure sees only
-    ``spec``'s runs (the kind's hooks get a view of the store restricted to them); files are
-    written atomically.
+    content (:data:`CACHE_FILE`), nothing is analysed or rewritten (the stored checksums are
+    still verified): the result's ``analysis`` is then None and its summary the cached one;
+    ``cache=False`` always analyses and rewrites (``reslim report`` does). Every analysis, table
+    and figure sees only ``spec``'s runs (the kind's hooks get a view of the store restricted to
+    them); files are written atomically.
     """
     from ..experiments.store import Store
 
