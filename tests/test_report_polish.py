@@ -34,6 +34,21 @@ def tiny(tmp_path_factory):
     return out
 
 
+
+def _capture_savefig(monkeypatch) -> list:
+    """Every matplotlib Figure saved from now on, in order (the figure objects themselves)."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def capture(self, *a, **k):
+        saved.append(self)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    return saved
+
 def test_spec_is_collapsed_at_the_end(tiny):
     page = (tiny / "report.html").read_text()
     assert page.count("<details>") == 1
@@ -142,18 +157,11 @@ def test_depth_figures_titled_labelled_guided_and_finite():
 
 
 def test_coord_check_figure_has_y_and_one_colour_per_position(tmp_path, monkeypatch):
-    from matplotlib.figure import Figure
 
     from reslim.diagnostics import coord_check, plot_coord_check
 
     df = coord_check("depth-mup", "L", (2, 4), base=(2, 8, 6), steps=1, seeds=(0,), block="one-layer")
-    saved = []
-    original = Figure.savefig
-    def capture(self, *a, **k):
-        saved.append(self)
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(Figure, "savefig", capture)
+    saved = _capture_savefig(monkeypatch)
     plot_coord_check(df, str(tmp_path / "cc.png"))
     (fig,) = saved
     assert fig._suptitle is not None and fig._suptitle.get_text()
@@ -170,20 +178,12 @@ def test_coord_check_figure_has_y_and_one_colour_per_position(tmp_path, monkeypa
 
 
 def test_phase_diagram_legend_sits_outside_the_map(tmp_path, monkeypatch):
-    from matplotlib.figure import Figure
 
     from reslim.diagnostics import phase_diagram, plot_phase_diagram
 
     grid = phase_diagram("L", "M", (-1.5, -1.0), (-1.0,), axes=("L",), base=(8, 128, 64), steps=1,
                          seeds=(0,), sizes={"L": (4, 8, 16), "M": (64, 128, 256), "D": (32, 64, 128)})
-    saved = []
-    original = Figure.savefig
-
-    def capture(self, *a, **k):
-        saved.append(self)
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(Figure, "savefig", capture)
+    saved = _capture_savefig(monkeypatch)
     plot_phase_diagram([grid], str(tmp_path / "p.png"))
     (fig,) = saved
     ax = fig.axes[0]
