@@ -295,6 +295,7 @@ class Convergence(ExperimentKind):
         one batched problem. The solver's error estimates go to each run's metrics."""
         from ..limits.base import LimitProblem
         from ..limits.large_d import LargeDLimit
+        from .linear_limit import effective_embeddings
 
         c = runs[0].config
         t0 = time.perf_counter()
@@ -303,13 +304,11 @@ class Convergence(ExperimentKind):
         net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out,
                      seeds=[r.config["seed"] for r in runs],
                      embed_seed=[r.config["embed_seed"] for r in runs], embed_dim_max=D)
-        W_e = (net.W_e * net.mult("embed")).detach().numpy()  # (B, D, d_in): h_0 = W_e x
-        W_u = (net.W_u * net.mult("readout") * D).detach().numpy()  # (B, D, d_out): y = W_u^T h / D
+        W_e, W_u, e_std, u_std = effective_embeddings(net)  # h_0 = W_e x, y = W_u^T h / D
         problem = LimitProblem(
             data=_data(c), K=c["train"]["steps"], eta=c["train"]["lr"], alpha=param.alpha,
             loss=c["train"]["loss"], activation=c["model"]["activation"], W_e=W_e, W_u=W_u,
-            embed_std=net.scales["embed"].init_std * net.mult("embed"),
-            readout_std=net.scales["readout"].init_std * net.mult("readout") * D)
+            embed_std=e_std, readout_std=u_std)
         del net
         limit = LimitReference.model_validate(c["reference"]).build()
         if isinstance(limit, LargeDLimit):
