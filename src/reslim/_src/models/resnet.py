@@ -150,24 +150,9 @@ class ResNet(nn.Module):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
-        self.shape = Shape.parse(shape)
-        self.param = get_parameterization(param)
-        if block not in BLOCKS:
-            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
-        self.param.check_block(block)
-        self.block = block
-        self.activation = get_activation(activation)
-        for name, v in (("d_in", d_in), ("d_out", d_out)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.d_in, self.d_out = d_in, d_out
-        self.seeds = [int(s) for s in seeds]
-        if not self.seeds:
-            raise ValueError("seeds must name at least one network")
-        self.train_embedding, self.train_readout = bool(train_embedding), bool(train_readout)
-        self.dtype = resolve_dtype(dtype)
-        self.use_kernels: bool | None = None  # None: the fused CPU kernels where they apply
-        self.scales = self.param.effective(self.shape, d_in, d_out)
+        self._configure(shape, param=param, d_in=d_in, d_out=d_out, block=block,
+                        activation=activation, seeds=seeds, train_embedding=train_embedding,
+                        train_readout=train_readout, dtype=dtype)
         L, M, D = self.shape.as_tuple()
         B = len(self.seeds)
 
@@ -217,6 +202,140 @@ class ResNet(nn.Module):
                     standard_normal(derive_seed(e_seed, _STREAM["readout"]), d_max, d_out)[:D])
         self.W_e = self._home(torch.stack(W_e), "embed", self.train_embedding, device)
         self.W_u = self._home(torch.stack(W_u), "readout", self.train_readout, device)
+
+    def _configure(self, shape, *, param, d_in, d_out, block, activation, seeds, train_embedding,
+                   train_readout, dtype) -> None:
+        """Everything but the weights (shared by ``__init__`` and :meth:`from_weights`)."""
+        self.shape = Shape.parse(shape)
+        self.param = get_parameterization(param)
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        self.param.check_block(block)
+        self.block = block
+        self.activation = get_activation(activation)
+        for name, v in (("d_in", d_in), ("d_out", d_out)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.d_in, self.d_out = d_in, d_out
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("seeds must name at least one network")
+        self.train_embedding, self.train_readout = bool(train_embedding), bool(train_readout)
+        self.dtype = resolve_dtype(dtype)
+        self.use_kernels: bool | None = None  # None: the fused CPU kernels where they apply
+        self.scales = self.param.effective(self.shape, d_in, d_out)
+
+    @classmethod
+    def from_weights(
+        cls,
+        *,
+        U: torch.Tensor | np.ndarray | None = None,
+        V: torch.Tensor | np.ndarray | None = None,
+        W: torch.Tensor | np.ndarray | None = None,
+        W_e: torch.Tensor | np.ndarray | None = None,
+        W_u: torch.Tensor | np.ndarray | None = None,
+        param: Parameterization | str = "mlu",
+        activation: str = "tanh",
+        seeds: Sequence[int] | None = None,
+        train_embedding: bool = False,
+        train_readout: bool = False,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> ResNet:
+        """A network with the given weights (as they enter the forward pass: already scaled by
+        their init std, *not* by the multipliers), e.g. a published run's initialisation.
+
+        Two-layer blocks take ``U`` and ``V``, each ``(L, B, D, M)`` (or ``(L, D, M)`` for one
+        network); one-layer blocks take ``W``, ``(L, B, D, D)`` (or ``(L, D, D)``). ``W_e`` is
+        ``(B, D, d_in)`` and ``W_u`` ``(B, D, d_out)`` (or without the ``B`` axis). ``L, M, D, B,
+        d_in, d_out`` and the block type are read from the shapes; a mismatch is a one-line
+        error naming the argument and both shapes. The weights are copied unchanged (so they
+        equal the given ones exactly in their own dtype; ``dtype`` defaults to theirs, float64
+        for anything but float32). ``seeds`` (default ``0..B-1``) only seed the independent
+        backward weights of the gradient-independence mode.
+        """
+        given = {"U": U, "V": V, "W": W, "W_e": W_e, "W_u": W_u}
+        if W is not None and (U is not None or V is not None):
+            raise ValueError("give U and V (two-layer blocks) or W (one-layer blocks), not both")
+        if W is None and (U is None or V is None):
+            missing = "U" if U is None else "V"
+            raise ValueError(f"{missing} is missing: give U and V (two-layer blocks) or W (one-layer)")
+        tensors: dict[str, torch.Tensor] = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            t = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            if not (t.is_floating_point()):
+                raise ValueError(f"{name} must hold floating-point numbers, got {t.dtype}")
+            tensors[name] = t
+        block = "one-layer" if W is not None else "two-layer"
+        first = "W" if block == "one-layer" else "U"
+        lead = tensors[first]
+        if lead.dim() not in (3, 4):
+            want = "(L, B, D, D) or (L, D, D)" if block == "one-layer" else "(L, B, D, M) or (L, D, M)"
+            raise ValueError(f"{first} must be {want}, got shape {tuple(lead.shape)}")
+        single = lead.dim() == 3  # one network: no B axis anywhere
+        L, D, cols = (lead.shape[0], *lead.shape[-2:])
+        B = 1 if single else lead.shape[1]
+        if block == "one-layer" and cols != D:
+            raise ValueError(f"W must be square in its last two axes (D, D), got shape {tuple(lead.shape)}")
+        M = cols
+        for name in ("W_e", "W_u"):
+            if name not in tensors:
+                raise ValueError(f"{name} is missing")
+            if tensors[name].dim() != (2 if single else 3):
+                raise ValueError(f"{name} must be {'(D, d)' if single else '(B, D, d)'} like {first} "
+                                 f"of shape {tuple(lead.shape)}, got shape {tuple(tensors[name].shape)}")
+        d_in, d_out = tensors["W_e"].shape[-1], tensors["W_u"].shape[-1]
+        expected = {"U": (L, B, D, M), "V": (L, B, D, M), "W": (L, B, D, D),
+                    "W_e": (B, D, d_in), "W_u": (B, D, d_out)}
+        for name, t in tensors.items():
+            want = expected[name]
+            if single:
+                want = want[:1] + want[2:] if name in ("U", "V", "W") else want[1:]
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want} (from {first} of "
+                                 f"shape {tuple(lead.shape)})")
+        if single:
+            tensors = {n: t.unsqueeze(0 if n in ("W_e", "W_u") else 1) for n, t in tensors.items()}
+        if dtype is None:
+            dtype = torch.float32 if all(t.dtype == torch.float32 for t in tensors.values()) \
+                else torch.float64
+        if device is None:
+            device = lead.device
+        net = cls.__new__(cls)
+        nn.Module.__init__(net)
+        net._configure(Shape(L, M, D), param=param, d_in=int(d_in), d_out=int(d_out), block=block,
+                       activation=activation, seeds=range(B) if seeds is None else seeds,
+                       train_embedding=train_embedding, train_readout=train_readout, dtype=dtype)
+        if net.batch_size != B:
+            raise ValueError(f"seeds names {net.batch_size} networks, the weights hold {B}")
+
+        def home(t: torch.Tensor, trainable: bool) -> nn.Parameter:
+            t = t.to(device=device, dtype=net.dtype).clone(memory_format=torch.contiguous_format)
+            return nn.Parameter(t, requires_grad=trainable)
+
+        for role in net.block_roles:
+            net.register_parameter(role, home(tensors[role], True))
+        net.W_e = home(tensors["W_e"], net.train_embedding)
+        net.W_u = home(tensors["W_u"], net.train_readout)
+        return net
+
+    def extra_repr(self) -> str:
+        L, M, D = self.shape.as_tuple()
+        parts = [f"L={L}", f"M={M}", f"D={D}", f"B={self.batch_size}", f"param={self.param.name!r}",
+                 f"activation={self.activation.name!r}", f"block={self.block!r}",
+                 f"d_in={self.d_in}", f"d_out={self.d_out}",
+                 f"dtype={str(self.dtype).removeprefix('torch.')!r}"]
+        if self.device.type != "cpu":
+            parts.append(f"device={str(self.device)!r}")
+        trained = [r for r in ("embed", "readout") if r in self.trainable_roles()]
+        if trained:
+            parts += [f"train_{'embedding' if r == 'embed' else 'readout'}=True" for r in trained]
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
 
     def _home(self, draws: torch.Tensor, role: str, trainable: bool, device) -> nn.Parameter:
         """Scale float64 standard-normal draws by the role's init std; cast; move."""

@@ -126,6 +126,22 @@ class ParamGroups:
     def __iter__(self) -> Iterator[Any]:
         return iter((self.groups, self.init))
 
+    def __repr__(self) -> str:
+        """Roles, learning rates, multipliers and init stds as numbers; parameters by name and
+        count, never their tensors."""
+        counts: dict[str, int] = {}
+        for role in self.roles.values():
+            counts[role] = counts.get(role, 0) + 1
+
+        def fmt(d: Mapping[str, float]) -> str:
+            return "{" + ", ".join(f"{k}: {v:.4g}" for k, v in d.items()) + "}"
+
+        params = ", ".join(f"{r}: {n}" for r, n in counts.items())
+        return (f"ParamGroups(param={self.parameterization.name!r}, shape={self.shape}, "
+                f"optimizer={self.optimizer!r}, trained={list(self.trained)}, "
+                f"parameters={{{params}}}, lr={fmt(self.lr)}, multipliers={fmt(self.multipliers)}, "
+                f"init_std={fmt(self.init_std)})")
+
     @property
     def branch(self) -> float:
         """The branch multiplier ``beta``."""

@@ -9,7 +9,7 @@ import numpy as np
 RECORDABLE = ("loss", "outputs", "h_last", "hidden", "pre")
 
 
-@dataclass
+@dataclass(repr=False)
 class Trajectory:
     """What a training run (or a limit) produced, for steps ``k = 0..K``.
 
@@ -50,6 +50,27 @@ class Trajectory:
     @property
     def diverged(self) -> np.ndarray:
         return self.diverged_at >= 0
+
+    def __repr__(self) -> str:
+        """A summary, never the arrays: steps, networks, recorded fields with their shapes, the
+        final loss range over the networks that did not diverge, the diverged count."""
+        recorded = ", ".join(f"{n}{tuple(a.shape)}" for n, a in self.arrays().items()
+                             if n not in ("depth", "diverged_at"))
+        final = np.asarray(self.loss[-1], dtype=float)[~self.diverged] if self.loss.size else []
+        final = final[np.isfinite(final)] if len(final) else final
+        if len(final) == 0:
+            loss = "none finite"
+        elif len(final) == 1 or final.min() == final.max():
+            loss = f"{final[0]:.4g}"
+        else:
+            loss = f"{final.min():.4g}..{final.max():.4g}"
+        meta = [f"{k}={self.meta[k]!r}" for k in ("parameterization", "optimizer") if k in self.meta]
+        if self.meta.get("shape") is not None:
+            L, M, D = self.meta["shape"]
+            meta.insert(0, f"shape=(L={L}, M={M}, D={D})")
+        return (f"Trajectory(steps={self.steps}, networks={self.batch_size}, final_loss={loss}, "
+                f"diverged={int(self.diverged.sum())}/{self.batch_size}"
+                + "".join(", " + m for m in meta) + f", recorded=[{recorded}])")
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every non-empty array field by name (for storage)."""
