@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -16,7 +16,7 @@ def _plain_metavars(params: list) -> None:
     for param in params:
         if isinstance(param, typer.core.TyperArgument):
             param.metavar = param.metavar or (param.name or "value").upper()
-            param.display_type_rich = lambda ctx: None  # the name column already says it
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # the name column says it
         elif param.metavar is not None:
             continue
         elif getattr(param, "is_flag", False):
@@ -77,7 +77,7 @@ class UsageError(Exception):
     """Bad user input: printed as one line, exit code 2, nothing written."""
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with code 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -91,12 +91,13 @@ def run_app(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except Exception as err:
         # click's usage errors (typer may vendor click): one line, their exit code (2)
+        click_err: Any = err
         if callable(getattr(err, "format_message", None)) and isinstance(getattr(err, "exit_code", 0), int):
             if type(err).__name__ == "NoArgsIsHelpError":  # bare `reslim`: the help
-                err.show()
+                click_err.show()
             else:
-                typer.echo(f"error: {err.format_message()}".replace("\n", " "), err=True)
-            sys.exit(err.exit_code)
+                typer.echo(f"error: {click_err.format_message()}".replace("\n", " "), err=True)
+            sys.exit(click_err.exit_code)
         if not isinstance(err, (UsageError, ValueError)):
             raise
         typer.echo(f"error: {err}", err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -130,8 +131,8 @@ def coord_check_cmd(
         _writable_dir(out)
     if table:
         _writable_file(table, "--table")
-    opts = dict(base=base, block=block, activation=activation, optimizer=optimizer, lr=lr,
-                steps=steps, seeds=tuple(range(seeds)))
+    opts: dict[str, Any] = dict(base=base, block=block, activation=activation, optimizer=optimizer, lr=lr,
+                                steps=steps, seeds=tuple(range(seeds)))
     console = Console(width=150)
     t0 = time.perf_counter()
     try:
@@ -195,7 +196,7 @@ def phase_diagram_cmd(
     try:
         with bar:
             task = bar.add_task("map L-M", total=n_points)
-            opts = dict(seeds=tuple(range(seeds)), steps=steps, tol=tol)
+            opts: dict[str, Any] = dict(seeds=tuple(range(seeds)), steps=steps, tol=tol)
             lm = phase_diagram("L", "M", e_lm, e_lm, on_point=lambda: bar.advance(task), **opts)
             bar.update(task, description="map D-L")
             dl = phase_diagram("D", "L", e_d, e_lm, fixed={"M": -1.0}, on_point=lambda: bar.advance(task),

@@ -82,9 +82,9 @@ def _point(param: Parameterization, axis: str, size: float, base: Shape) -> tupl
             raise ValueError(f"sizes along alpha must be positive, got {size!r}")
         return base, replace(param, alpha=float(size))
     if axis == "width":  # D = size, M = size * M_base / D_base (muP's single "width")
-        return Shape(base.L, max(1, round(size * base.M / base.D)), size), param
+        return Shape(base.L, max(1, round(size * base.M / base.D)), int(size)), param
     dims = dict(zip(("L", "M", "D"), base.as_tuple(), strict=True))
-    dims[axis] = size
+    dims[axis] = int(size)
     return Shape(**dims), param
 
 

@@ -118,10 +118,10 @@ def phase_diagram(
     if not x_exponents or not y_exponents:
         raise ValueError("x_exponents and y_exponents must be non-empty")
     exps = dict(MLU_EXPONENTS)
-    for k, v in (fixed or {}).items():
+    for k, value in (fixed or {}).items():
         if k not in EXPONENT_AXES:
             raise ValueError(f"fixed has unknown exponent {k!r}; use L, M or D")
-        exps[k] = float(v)
+        exps[k] = float(value)
     sizes = dict(QUICK_SIZES) if sizes is None else sizes
     rows = []
     for ey in y_exponents:

@@ -47,7 +47,8 @@ class OptimalLR:
 CAP_LOG = 2.0
 
 
-def optimal_lr(lrs: Sequence[float], losses: Sequence[float], log_loss: bool = True) -> OptimalLR:
+def optimal_lr(lrs: Sequence[float] | np.ndarray, losses: Sequence[float] | np.ndarray,
+               log_loss: bool = True) -> OptimalLR:
     """Optimum of ``losses (n,)`` over ``lrs (n,)`` (increasing, positive): parabola through the
     best grid point and its neighbours in ``x = log2 lr`` (``y = log loss`` if ``log_loss``).
 
@@ -169,7 +170,7 @@ def lr_sweep(
             for b, (lr, seed) in enumerate(zip(net_lrs, net_seeds, strict=True)):
                 fl = float(traj.loss[-1, b])
                 bad = bool(traj.diverged[b]) or not math.isfinite(fl)
-                tl = float(test[b]) if has_test else math.nan
+                tl = float(test[b]) if test is not None else math.nan
                 rows.append({
                     "dataset": dataset, "param": p.name, "L": int(L), "width": int(W), "lr": lr,
                     "seed": seed, "final_loss": math.inf if bad else fl,

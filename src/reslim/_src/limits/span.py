@@ -43,6 +43,7 @@ Numerics.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def gram_factor(G: np.ndarray, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarr
     return Phi, lift, P
 
 
-def check_samples(samples: object, replicas: object) -> tuple[int, int]:
+def check_samples(samples: Any, replicas: Any) -> tuple[int, int]:
     """Validated ``(samples, replicas)``: ``samples // replicas`` must be a power of two >= 4."""
     for name, v in (("samples", samples), ("replicas", replicas)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -117,7 +118,8 @@ class _Sweeps:
         self.GW: list = [None] * nf  # sigma'(z) w at each node's final c (from the backward sweep)
         # stein=False (a control that must fail): the drifts use only the units' displacements
         # alpha_k, beta_k, dropping the zeta parts E[zeta_v sigma(z)], E[zeta_u sigma'(z) w]
-        self.zu, self.zv = (None, None) if stein else (zu, zv)
+        self.zu: torch.Tensor | None = None if stein else zu
+        self.zv: torch.Tensor | None = None if stein else zv
 
     def _out_u(self, j: int) -> torch.Tensor:
         return self.U[j] if self.zu is None else self.U[j] - self.zu
@@ -233,7 +235,7 @@ def solve_span(X: np.ndarray, Y: np.ndarray, G: np.ndarray, *, K: int, eta: floa
     Phi, lift, P = gram_factor(G)
     zeta_np = unit_samples(r, samples, replicas, seed, antithetic)
     R, Qr = zeta_np.shape[:2]
-    tt = dict(device=device, dtype=dtype)
+    tt: dict[str, Any] = dict(device=device, dtype=dtype)
     zeta = torch.as_tensor(zeta_np, **tt)
     Xt, Yt = torch.as_tensor(X.T.copy(), **tt), torch.as_tensor(Y.T.copy(), **tt)  # (d_in, N), (d_out, N)
     g = eta / (alpha * N)

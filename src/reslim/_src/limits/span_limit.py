@@ -4,6 +4,8 @@ the :class:`Trajectory` built from the reduced coefficients."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..models.activations import ACTIVATIONS
@@ -110,8 +112,8 @@ class SpanLimit(Limit):
 
     def reduced(self, problem: LimitProblem, G: np.ndarray) -> Coefficients:
         """The coefficients for Gram matrices ``G`` (B, r, r), by the method for the problem."""
-        kw = dict(K=problem.K, eta=problem.eta, alpha=problem.alpha, loss_scale=problem.loss_scale,
-                  S=self.depth_steps(problem.activation))
+        kw: dict[str, Any] = dict(K=problem.K, eta=problem.eta, alpha=problem.alpha,
+                                  loss_scale=problem.loss_scale, S=self.depth_steps(problem.activation))
         if self.method_for(problem.activation) == "exact":
             return solve_linear(problem.data.X, problem.data.Y, G, **kw)
         return solve_span(problem.data.X, problem.data.Y, G, activation=problem.activation,

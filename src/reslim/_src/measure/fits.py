@@ -13,6 +13,7 @@ are left out of the fit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,8 +160,8 @@ def fit_power_law(
     lx = np.log(xa)
     with np.errstate(divide="ignore", invalid="ignore"):
         ly = np.where(use, np.log(agg), np.nan)
-    slope, icpt = _masked_loglog(lx, ly)
-    slope, icpt = float(slope), float(icpt)
+    slope_a, icpt_a = _masked_loglog(lx, ly)
+    slope, icpt = float(slope_a), float(icpt_a)
     resid = ly[use] - (icpt + slope * lx[use])
     n_pts = int(use.sum())
     n_reps = int(e.shape[1])
@@ -173,7 +174,8 @@ def fit_power_law(
             lb = np.where(np.isfinite(boot) & (boot > 0), np.log(boot), np.nan).T  # (n_boot, n)
         bs, bi = _masked_loglog(lx, lb)
         p_ci = _percentile_ci(bs, ci, slope, n_reps)
-        c_ci = tuple(float(np.exp(v)) for v in _percentile_ci(bi, ci, icpt, n_reps))
+        c_lo, c_hi = _percentile_ci(bi, ci, icpt, n_reps)
+        c_ci = (float(np.exp(c_lo)), float(np.exp(c_hi)))
         method = "bootstrap over repetitions"
     elif n_pts > 2:
         xs = lx[use]
@@ -195,8 +197,9 @@ def fit_power_law(
 
 # ---------------------------------------------------------------------------- one term of several
 #: background terms ``g(x)`` of :func:`fit_power_term` (their coefficients are fitted, >= 0)
-BACKGROUNDS = {"constant": np.ones_like, "linear": lambda x: np.asarray(x, dtype=np.float64),
-               "quadratic": lambda x: np.asarray(x, dtype=np.float64) ** 2}
+BACKGROUNDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "constant": np.ones_like, "linear": lambda x: np.asarray(x, dtype=np.float64),
+    "quadratic": lambda x: np.asarray(x, dtype=np.float64) ** 2}
 
 
 def _floored(e2: np.ndarray, floor: np.ndarray) -> np.ndarray:

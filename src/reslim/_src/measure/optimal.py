@@ -71,10 +71,10 @@ def _resolve(model: Any) -> tuple[ErrorModel, str | None]:
     if model is None:
         return _bound, "bound"
     if isinstance(model, str):
-        key = _model_name(model)
-        return THEORY_MODELS[key][0], key
+        name = _model_name(model)
+        return THEORY_MODELS[name][0], name
     if isinstance(model, AdditiveFit):
-        key = None
+        key: str | None = None
         if all(v > 0 for v in model.coefficients.values()):
             key = "bound" if model.kind == "embedding" else "output"
         return model.predict, key
@@ -142,7 +142,7 @@ def continuous_optimal_shape(
     lp = math.log(P)
     g = _objective(f, lp)
     if lp == 0.0:
-        return 1.0, 1.0, 1.0, float(g(0.0, 0.0))
+        return 1.0, 1.0, 1.0, float(g(np.zeros(()), np.zeros(())))
     xs = np.linspace(0.0, lp, 161)
     frac = np.linspace(0.0, 1.0, 161)
     h = g(xs[:, None], (lp - xs)[:, None] * frac[None, :]).min(axis=1)  # grid min over y, per depth
@@ -194,8 +194,7 @@ def compute_optimal_shape(budget: Any, model: Any = None, slack: float = 0.1) ->
     D = max(1, int(round(Dc)))
     M = max(1, int(round(P / (L * D))))
     err = f(np.array([float(L)]), np.array([float(M)]), np.array([float(D)]))
-    err = float(np.asarray(err).reshape(-1)[0])
-    return Shape(L, M, D), err
+    return Shape(L, M, D), float(np.asarray(err).reshape(-1)[0])
 
 
 def optimal_exponents(model: Any = None, slack: float = 0.1) -> dict[str, float]:

@@ -52,6 +52,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ import torch
 try:
     import fcntl
 except ImportError:  # pragma: no cover  (Windows: no flock, and no cc either)
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 _SOURCE = Path(__file__).with_name("kernels.c")
 _INCLUDES = [Path(__file__).with_name("kernels_tiled.inc")]
@@ -75,8 +76,8 @@ _status: Status | None = None
 _warned: set[str] = set()  # warnings already given in this process
 
 _I, _P, _D, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
-_XW_ARGS = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
-_XWT_ARGS = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
+_XW_ARGS: list[Any] = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
+_XWT_ARGS: list[Any] = [_I, _I, _I, _I, _P, _I, _P, _I, _P, _I, _P, _I, _D, _P, _I, _P, _I, _P, _INT]
 
 
 @dataclass(frozen=True)
@@ -461,8 +462,10 @@ def _load() -> Status:
         timeout = _build_timeout()
         name = _lib_name(key, generic)
         cache, unsafe = _prepare_dir(_cache_dir())
-        dll = digest = lib = None
-        notes = []
+        dll: ctypes.CDLL | None = None
+        digest: str | None = None
+        lib: Path | None = None
+        notes: list[str] = []
         if unsafe is None:
             with _locked(cache / f"kernels-{key}.lock", timeout + 60) as got:
                 if not got:
@@ -473,22 +476,24 @@ def _load() -> Status:
                         dll, digest = _load_verified(lib)
                     except FileNotFoundError:
                         pass
-                    except _Rejected as why:
-                        notes.append(f"rebuilt: {why}")
+                    except _Rejected as rejected:
+                        notes.append(f"rebuilt: {rejected}")
                     if dll is None:
                         _compile(cc, _flags(generic), lib, timeout)
                         dll, digest = _load_verified(lib)
         if unsafe is not None:  # build for this process only, in a directory nobody else can touch
             private = Path(os.path.realpath(tempfile.mkdtemp(prefix="reslim-kernels-")))
             atexit.register(shutil.rmtree, private, True)
-            why = _unsafe_dir(private)
-            if why is not None:
-                return _fall_back(f"no safe directory to build in: cache: {unsafe}; private: {why}")
+            bad_private = _unsafe_dir(private)
+            if bad_private is not None:
+                return _fall_back(f"no safe directory to build in: cache: {unsafe}; private: {bad_private}")
             _warn_once(f"reslim: kernel cache not used ({unsafe}); building privately in {private}")
             notes.append(f"private build: {unsafe}")
             lib = private / name
             _compile(cc, _flags(generic), lib, timeout)
             dll, digest = _load_verified(lib)
+        if dll is None or digest is None:
+            raise RuntimeError("the kernels library was not loaded")
         dtypes = _configure(dll)
         _self_test(dll, dtypes)
     except _Rejected as why:
@@ -513,6 +518,7 @@ def library() -> ctypes.CDLL | None:
 def status() -> Status:
     """Which backend is active and why (loads the kernels first if not yet tried)."""
     library()
+    assert _status is not None  # set by library()
     return _status
 
 
@@ -636,9 +642,10 @@ def _call_xwt(dll, x, W, out, alpha, left, right, coef, base) -> None:
         *update, torch.get_num_threads())
 
 
-def _kernels_take(N: int, W: torch.Tensor, *tensors: torch.Tensor) -> bool:
-    """Whether this call can run on the kernels (else the same computation runs on torch)."""
-    return min(N, *W.shape) > 0 and usable(W, *tensors, n=N)
+def _kernels_take(N: int, W: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """Whether this call can run on the kernels (else the same computation runs on torch);
+    ``None`` entries (operands a call does not have) are skipped."""
+    return min(N, *W.shape) > 0 and usable(W, *(t for t in tensors if t is not None), n=N)
 
 
 def _torch_update(W, left, right, coef) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +42,12 @@ class Shape:
         return self.L * self.M * self.D
 
     @classmethod
-    def parse(cls, text: str | Shape | tuple | list) -> Shape:
+    def parse(cls, text: str | Shape | Sequence[int]) -> Shape:
         """``"16,64,64"`` or ``(16, 64, 64)`` -> ``Shape(16, 64, 64)``."""
         if isinstance(text, Shape):
             return text
         if isinstance(text, (tuple, list)):
-            parts = list(text)
+            parts: list = list(text)
         else:
             parts = [p for p in str(text).replace("x", ",").split(",") if p.strip()]
         if len(parts) != 3:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +86,8 @@ def digits(n_train: int | None = None, seed: int = 0, test_fraction: float = 0.2
                    Y_test=Y[test], info={"classes": 10})
 
 
-DATASETS = {"gaussian": gaussian_data, "linear-teacher": linear_teacher, "digits": digits}
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "gaussian": gaussian_data, "linear-teacher": linear_teacher, "digits": digits}
 
 
 def make_dataset(kind: str, **options) -> Dataset:
