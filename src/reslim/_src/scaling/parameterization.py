@@ -231,13 +231,29 @@ def _depth_mup(alpha: float = 1.0) -> Parameterization:
         options={"alpha": alpha})
 
 
-def _depth_mup_corrected(alpha: float = 1.0, correction: float = 0.5) -> Parameterization:
+def _depth_mup_corrected(alpha: float = 1.0, correction: float = 0.5,
+                         balance: float = 0.0) -> Parameterization:
+    """depth-muP with the depth-aware correction (docs/depth.md, "The correction pinned down").
+
+    ``correction = c``: the first internal layer's (U role's) lr times ``L^c``, for SGD and Adam.
+    ``balance = b``: the second internal layer's (V role's) init std times ``L^-b`` and, for SGD
+    only, the U lr times a further ``L^b`` (a smaller V also shrinks the gradient reaching U by
+    ``L^-b``; Adam's normalised step does not see it). A power count and the measurement give,
+    per step, the first layer's own feature update ``~ L^(c - 1/2)`` and its share of the function
+    update ``~ L^(c - b)``: no ``c`` keeps both flat at ``b = 0``; ``c = b = 1/2`` keeps both (and
+    the second layer's share) flat, and is CompleteP's scaling written in depth-muP coordinates.
+    """
+    roles = _width_mup_blocks("L^-0.5", f"L^{correction}")
+    if balance != 0:
+        roles["V"] = replace(roles["V"], init=roles["V"].init * Monomial.parse(f"L^{-balance}"))
+        roles["U"] = replace(roles["U"], lr_sgd=roles["U"].lr_sgd * Monomial.parse(f"L^{balance}"))
+    extra = f", V init times L^-{balance} (SGD U lr times L^{correction + balance})" if balance else ""
     return Parameterization(
-        name="depth-mup-corrected", roles=_width_mup_blocks("L^-0.5", f"L^{correction}"),
+        name="depth-mup-corrected", roles=roles,
         branch=Monomial.parse("alpha*L^-0.5"), alpha=alpha,
-        description=f"depth-muP with the depth-aware correction of Yao et al. 2025: the first internal "
-        f"layer's lr times L^{correction}",
-        options={"alpha": alpha, "correction": correction})
+        description=f"depth-muP with a depth-aware correction (after Yao, Wu & Gao, arXiv 2512.21075): "
+        f"the first internal layer's lr times L^{correction}{extra}",
+        options={"alpha": alpha, "correction": correction, "balance": balance})
 
 
 def _mup(alpha: float = 1.0) -> Parameterization:
