@@ -133,3 +133,27 @@ def test_param_groups_repr_has_no_tensors():
     assert text.startswith("ParamGroups(param='mup', shape=(L=3, M=8, D=8), optimizer='sgd'")
     assert "parameters={embed: 1, W: 3, readout: 1}" in text
     assert "tensor" not in text and "Parameter" not in text and "\n" not in text
+
+
+def test_load_results_top_level_with_shape_columns_and_datetimes(tmp_path):
+    import pandas as pd
+
+    from reslim.experiments import Run, RunResult, Store
+
+    runs = [Run("test", {"role": "finite", "shape": [4, 8, 16], "rep": 0, "seed": 3}, label="a"),
+            Run("test", {"role": "limit-gap", "D": 32, "rep": 1}, label="b"),
+            Run("test", {"param": "mup", "L": 6, "width": 12, "seed": 0}, label="c")]
+    with Store(tmp_path) as store:
+        for i, run in enumerate(runs):
+            store.write(run, RunResult(run.key, "done", {"err": 0.5 + i}))
+    df = reslim.load_results(tmp_path).set_index("label")
+    assert df.loc["a", ["L", "M", "D", "P"]].tolist() == [4, 8, 16, 4 * 8 * 16]
+    assert pd.isna(df.loc["b", "L"]) and df.loc["b", "D"] == 32 and pd.isna(df.loc["b", "P"])
+    assert df.loc["c", ["L", "M", "D"]].tolist() == [6, 12, 12]
+    assert str(df["L"].dtype) == "Int64"
+    assert df.loc["a", "role"] == "finite" and df.loc["c", "param"] == "mup" and df.loc["a", "rep"] == 0
+    for c in ("created", "finished"):
+        assert isinstance(df[c].dtype, pd.DatetimeTZDtype)
+        assert (df[c] - pd.Timestamp.now(tz="UTC")).abs().max() < pd.Timedelta(minutes=10)
+    assert "config.shape" in df and "metrics.err" in df  # the store's own columns stay
+    assert reslim.load_results is reslim.experiments.load_results

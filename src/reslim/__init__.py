@@ -9,6 +9,7 @@ Public API (internals live in ``reslim._src``)::
     Dataset, gaussian_data, linear_teacher, digits, make_dataset
     train, Trajectory                     GD / SGD / Adam with per-role learning rates
     threads                               a torch thread budget for a block of code (restored after)
+    load_results                          a store's runs as a DataFrame (L, M, D columns, datetimes)
 """
 
 from ._src.models.deep_linear import DeepLinearNetwork
@@ -29,6 +30,17 @@ from ._src.training.trajectory import Trajectory
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # load_results lives with the stores (reslim.experiments); imported on first use so that
+    # ``import reslim`` does not pay for pandas and SQLite
+    if name == "load_results":
+        from ._src.experiments.store import load_results
+
+        return load_results
+    raise AttributeError(f"module 'reslim' has no attribute {name!r}")
+
+
 __all__ = [
     "PRESETS",
     "ROLES",
@@ -44,6 +56,7 @@ __all__ = [
     "gaussian_data",
     "get_parameterization",
     "linear_teacher",
+    "load_results",
     "log_grid",
     "make_dataset",
     "param_groups",

@@ -586,7 +586,51 @@ class Store:
         return pd.concat([base, config, metrics], axis=1)
 
 
+#: config fields :func:`load_results` repeats as plain columns (beside ``config.<name>``)
+GRID_FIELDS = ("role", "param", "optimizer", "correction", "dataset", "lr", "N", "rep", "seed")
+
+
+def _shape_columns(config: pd.DataFrame) -> dict[str, pd.Series]:
+    """``L, M, D, P`` per run from ``config.shape`` (``[L, M, D]``), ``config.L/M/D``, or
+    ``config.width`` (the depth experiments' networks are ``(L, width, width)``); nullable
+    integers, missing where a run has no such size (a limit's run has no ``L``)."""
+    n = len(config)
+    cols = {c: pd.Series([pd.NA] * n, dtype="Int64") for c in ("L", "M", "D")}
+    for c in ("L", "M", "D"):
+        if f"config.{c}" in config:
+            cols[c] = cols[c].fillna(pd.to_numeric(config[f"config.{c}"], errors="coerce").astype("Int64"))
+    if "config.shape" in config:
+        shapes = config["config.shape"]
+        for axis, c in enumerate(("L", "M", "D")):
+            vals = [v[axis] if isinstance(v, (list, tuple)) and len(v) == 3 else pd.NA for v in shapes]
+            cols[c] = pd.Series(vals, dtype="Int64").fillna(cols[c])
+    if "config.width" in config and "config.L" in config:  # (L, width, width) ResNets
+        width = pd.to_numeric(config["config.width"], errors="coerce").astype("Int64")
+        cols["M"], cols["D"] = cols["M"].fillna(width), cols["D"].fillna(width)
+    cols["P"] = cols["L"] * cols["M"] * cols["D"]
+    return cols
+
+
 def load_results(directory: str | Path) -> pd.DataFrame:
-    """The runs stored in an output directory, as a DataFrame (see :meth:`Store.dataframe`)."""
+    """The runs stored in an output directory, one row per run, as a DataFrame.
+
+    Columns: the record's (``key``, ``kind``, ``status``, ``label``, ``seconds``, ...), then the
+    network size ``L, M, D, P`` (nullable integers, missing where a run has none: a limit, a deep
+    linear network's ``M, D``), the grid fields present among ``role, param, optimizer,
+    correction, dataset, lr, N, rep, seed``, then every ``config.*`` field and scalar
+    ``metrics.*`` (as :meth:`Store.dataframe`). ``created`` and ``finished`` are pandas
+    datetimes (UTC). Arrays stay in the store: ``Store(directory).arrays(key)``.
+    """
     with Store(directory, create=False) as store:
-        return store.dataframe()
+        df = store.dataframe()
+    if not len(df):
+        return df
+    for c in ("created", "finished"):
+        df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+    front = _shape_columns(df)
+    front.update({c: df[f"config.{c}"] for c in GRID_FIELDS
+                  if f"config.{c}" in df and c not in front})
+    at = df.columns.get_loc("finished") + 1
+    for i, (name, col) in enumerate(front.items()):
+        df.insert(at + i, name, col)
+    return df
