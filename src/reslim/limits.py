@@ -9,6 +9,7 @@ activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.T
     LargeDLimit(...)           "large-d"    then D -> oo, any activation: outputs, laws, kernels, single sites
     DeepLinearLimit(), DeepLinearProblem  "deep-linear"  deep linear networks at N = oo (docs/deep-linear.md)
     ReferenceNetwork(shape, seeds)  "reference"  a large finite network (any activation)
+    NFDLimit(...), NFDProblem  "nfd"  Neural Feature Dynamics (one-layer blocks, depth-muP; docs/limits.md)
     LargeDSolution             what LargeDLimit.solution(problem) returns
     embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
 """
@@ -18,6 +19,7 @@ from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance
 from ._src.limits.deep_linear import DeepLinearLimit, DeepLinearProblem, DeepLinearSolution
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
+from ._src.limits.nfd import NFDLimit, NFDProblem, sgd_batches
 from ._src.limits.reference import ReferenceNetwork
 from ._src.limits.solvers import SOLVERS, available_limits, get_limit, register_limit, solve
 
@@ -30,6 +32,8 @@ __all__ = [
     "Limit",
     "LimitProblem",
     "MeanODE",
+    "NFDLimit",
+    "NFDProblem",
     "ReferenceNetwork",
     "SOLVERS",
     "available_limits",
@@ -40,5 +44,6 @@ __all__ = [
     "limit_gram",
     "output_rms",
     "register_limit",
+    "sgd_batches",
     "solve",
 ]

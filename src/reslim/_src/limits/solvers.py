@@ -7,6 +7,7 @@ name           class                  what it solves
 ``mean-ode``   :class:`MeanODE`       L, M -> oo at fixed D (any activation)
 ``large-d``    :class:`LargeDLimit`   then D -> oo (any activation)
 ``reference``  :class:`ReferenceNetwork`  a large finite network (any activation)
+``nfd``        :class:`NFDLimit`      one-layer blocks under depth-muP, N, L -> oo (NFDProblem)
 =============  =====================  ===============================================
 """
 
@@ -17,6 +18,7 @@ from .base import Limit, LimitProblem
 from .deep_linear import DeepLinearLimit
 from .large_d import LargeDLimit
 from .mean_ode import MeanODE
+from .nfd import NFDLimit
 from .reference import ReferenceNetwork
 
 SOLVERS: dict[str, type[Limit]] = {
@@ -24,6 +26,7 @@ SOLVERS: dict[str, type[Limit]] = {
     "large-d": LargeDLimit,
     "reference": ReferenceNetwork,
     "deep-linear": DeepLinearLimit,
+    "nfd": NFDLimit,
 }
 
 
