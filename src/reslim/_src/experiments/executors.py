@@ -194,7 +194,8 @@ def encode_results(results: Sequence[RunResult]) -> bytes:
     metrics, error, seconds, and name, dtype, shape, order and size of each array), then the
     arrays' bytes in header order. A result that cannot be encoded (metrics that are not JSON,
     object arrays) becomes ``failed`` with the reason."""
-    entries, blobs = [], []
+    entries: list[str] = []  # JSON objects
+    blobs: list[bytes] = []
     for r in results:
         try:
             arrays = [_pack_array(str(name), a) for name, a in r.arrays.items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def _positive(name: str, value: object) -> float:
     return v
 
 
-def _matrix_batch(name: str, value: object, cols: int) -> np.ndarray:
+def _matrix_batch(name: str, value: Any, cols: int) -> np.ndarray:
     a = np.asarray(value, dtype=np.float64)
     if a.ndim == 2:
         a = a[None]
@@ -127,28 +127,35 @@ class LimitProblem:
         return self.W_e, self.W_u
 
 
-class Limit(ABC):
+ProblemT = TypeVar("ProblemT")
+
+
+class Limit(ABC, Generic[ProblemT]):
     """A limit (or reference) of the training dynamics: ``solve(problem) -> Trajectory``.
 
-    Subclasses set ``name`` and ``activations`` (those they can solve) and implement
-    :meth:`_solve`; :meth:`solve` checks the problem first.
+    Generic in the problem it solves (``Limit[LimitProblem]`` for the MLU ResNet's limits; an
+    architecture with its own problem, e.g. the deep linear network, sets ``problem_type``).
+    Subclasses set ``name``, ``problem_type`` and ``activations`` (those they can solve) and
+    implement :meth:`_solve`; :meth:`solve` checks the problem first.
     """
 
     name: ClassVar[str] = ""
+    problem_type: ClassVar[type] = LimitProblem
     activations: ClassVar[tuple[str, ...] | None] = None  # None: any activation
 
-    def solve(self, problem: LimitProblem) -> Trajectory:
-        if not isinstance(problem, LimitProblem):
-            raise ValueError(f"problem must be a LimitProblem, got {type(problem).__name__}")
-        if self.activations is not None and problem.activation not in self.activations:
+    def solve(self, problem: ProblemT) -> Trajectory:
+        if not isinstance(problem, self.problem_type):
+            raise ValueError(f"problem must be a {self.problem_type.__name__}, got {type(problem).__name__}")
+        activation = getattr(problem, "activation", None)
+        if self.activations is not None and activation not in self.activations:
             raise ValueError(f"activation: {type(self).__name__} solves {', '.join(self.activations)} "
-                             f"only, got {problem.activation!r}")
+                             f"only, got {activation!r}")
         traj = self._solve(problem)
         traj.meta.setdefault("limit", self.name)
         return traj
 
     @abstractmethod
-    def _solve(self, problem: LimitProblem) -> Trajectory:  # pragma: no cover - interface
+    def _solve(self, problem: ProblemT) -> Trajectory:  # pragma: no cover - interface
         ...
 
     def __repr__(self) -> str:

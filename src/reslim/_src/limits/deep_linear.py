@@ -243,22 +243,16 @@ class DeepLinearSolution:
         return np.einsum("tni,tnj->tij", q, q)
 
 
-class DeepLinearLimit(Limit):
+class DeepLinearLimit(Limit[DeepLinearProblem]):
     """N -> oo limit of :class:`reslim.DeepLinearNetwork` (``solve(problem) -> Trajectory``,
     ``solution(problem) -> DeepLinearSolution``); ``tol``: relative size below which a new
     direction is dropped (rounding)."""
 
     name = "deep-linear"
+    problem_type = DeepLinearProblem
 
     def __init__(self, tol: float = 1e-10) -> None:
         self.tol = _pos("tol", tol)
-
-    def solve(self, problem: DeepLinearProblem) -> Trajectory:  # type: ignore[override]
-        if not isinstance(problem, DeepLinearProblem):
-            raise ValueError(f"problem must be a DeepLinearProblem, got {type(problem).__name__}")
-        traj = self._solve(problem)
-        traj.meta.setdefault("limit", self.name)
-        return traj
 
     def _solve(self, problem: DeepLinearProblem) -> Trajectory:
         sol = self.solution(problem)

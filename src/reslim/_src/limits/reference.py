@@ -16,7 +16,7 @@ from ..training.trajectory import Trajectory
 from .base import Limit, LimitProblem
 
 
-class ReferenceNetwork(Limit):
+class ReferenceNetwork(Limit[LimitProblem]):
     """A finite MLU ResNet of ``shape`` (``D`` must match the problem's ``W_e``), one network
     per seed in ``seeds``, trained by full-batch GD with :func:`reslim.train`.
 

@@ -62,7 +62,7 @@ def coefficients_trajectory(coef: Coefficients, problem: LimitProblem, Q: np.nda
                             "S": coef.S, **extra, **meta})
 
 
-class SpanLimit(Limit):
+class SpanLimit(Limit[LimitProblem]):
     """A limit solved in the span of [W_e, W_u] (docs/limits.md), for any activation.
 
     Options:

@@ -190,7 +190,7 @@ def fit_power_law(
     else:
         p_ci, c_ci, method = (math.nan, math.nan), (math.nan, math.nan), "none"
     return PowerLawFit(
-        exponent=slope, constant=math.exp(icpt), exponent_ci=p_ci, constant_ci=c_ci,  # type: ignore[arg-type]
+        exponent=slope, constant=math.exp(icpt), exponent_ci=p_ci, constant_ci=c_ci,
         n_points=n_pts, ci=float(ci), method=method, n_reps=n_reps, log_residual_rms=res_rms,
     )
 
