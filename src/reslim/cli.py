@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ._src.cli import compare as _compare  # noqa: F401  (registers `reslim compare`)
 from ._src.cli import coord_check as _coord_check  # noqa: F401  (coord-check, phase-diagram)
 from ._src.cli import describe  # noqa: F401  (registers commands)
 from ._src.cli import info as _info  # noqa: F401  (registers `reslim info`)
