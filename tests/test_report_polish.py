@@ -9,18 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reslim._src.experiments.reporting import CACHE_FILE, write_report
 from reslim._src.experiments.spec import load_spec
 from reslim._src.experiments.sweep import run_experiment
 from reslim._src.report import figures
 from reslim._src.report.report import (
-    CACHE_FILE,
     Section,
     render_html,
     render_markdown,
     verdict,
     verdict_note,
     with_verdicts,
-    write_report,
 )
 
 TINY = ["grid.L=[2]", "grid.M=[2,8]", "grid.D=[2,4]", "repetitions=1", "train.steps=3", "analysis.n_boot=10",

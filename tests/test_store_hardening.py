@@ -111,7 +111,7 @@ def test_reports_read_exactly_the_specs_runs(tmp_path, tiny, extra):
     con.execute("INSERT INTO arrays SELECT * FROM o.arrays")
     con.commit()
     con.close()
-    from reslim._src.report.report import write_report
+    from reslim._src.experiments.reporting import write_report
 
     pure, both = write_report(_copy(tiny, tmp_path / "pure")), write_report(mixed)
     assert both.summary == pure.summary

@@ -7,6 +7,7 @@ Public API (internals in ``reslim._src.report``)::
     markdown_table(df)
 """
 
-from ._src.report.report import FigureRef, ReportResult, Section, markdown_table, write_report
+from ._src.experiments.reporting import ReportResult, write_report
+from ._src.report.report import FigureRef, Section, markdown_table
 
 __all__ = ["FigureRef", "ReportResult", "Section", "markdown_table", "write_report"]

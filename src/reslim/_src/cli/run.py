@@ -248,9 +248,9 @@ def runs(
 @app.command()
 def report(directory: Path = typer.Argument(..., help="output directory of a run")) -> None:
     """Rebuild report.html and report.md of an output directory from its store."""
+    from ..experiments.reporting import write_report
     from ..experiments.spec import SpecError
     from ..experiments.store import StoreError
-    from ..report.report import write_report
 
     try:
         rep = write_report(directory, cache=False)  # asked for: always rebuilt

@@ -195,6 +195,10 @@ _ROLE_ID = {"reference": 0, "embedding": 1, "output": 2, "embedding-twin": 3, "o
 class Convergence(ExperimentKind):
     spec_model = ConvergenceSpec
     report_module = "reslim._src.report.convergence"
+    #: what the report module compares the fits with (it reads them off the kind)
+    published = PUBLISHED
+    theory_exponents = THEORY_EXPONENTS
+    twins = TWINS
 
     def __init__(self) -> None:
         self._ref_cache: dict[str, dict[str, np.ndarray]] = {}

@@ -167,6 +167,8 @@ def _std(v: np.ndarray) -> np.ndarray:
 class DeepLinear(ExperimentKind):
     spec_model = DeepLinearSpec
     report_module = "reslim._src.report.deep_linear"
+    #: probabilities of the stored quantiles (the report module reads them off the kind)
+    qq_probs = QQ_PROBS
 
     def common(self, spec: DeepLinearSpec) -> dict[str, Any]:
         return {"kind": self.name, "data": spec.data.model_dump(mode="json"),

@@ -217,6 +217,13 @@ class LinearLimit(ExperimentKind):
     spec_model = LinearLimitSpec
     report_module = "reslim._src.report.linear_limit"
 
+    def figure_solution(self, spec: LinearLimitSpec, config: dict[str, Any]):
+        """The large-D limit of a finite run's problem (the coordinate figures draw it)."""
+        net = ResNet(Shape(1, 1, config["shape"][2]), param=spec.model.param.build(), d_in=spec.data.d_in,
+                     d_out=spec.data.d_out, activation="identity", seeds=[0])
+        _, _, e_std, u_std = effective_embeddings(net)
+        return large_d_solution(config, float(net.param.alpha), e_std, u_std)
+
     # --- expansion ----------------------------------------------------------------------------
     def common(self, spec: LinearLimitSpec) -> dict[str, Any]:
         return {"kind": self.name, "model": spec.model.model_dump(mode="json"),

@@ -9,21 +9,30 @@ reference already in the store), analyses the store (fits) and contributes repor
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import numpy as np
+from .runs import FINISHED as FINISHED
+from .runs import KEY_VERSION as KEY_VERSION
+from .runs import STATUSES as STATUSES
+from .runs import Run as Run
+from .runs import RunResult as RunResult
+from .runs import canonical_json as canonical_json
+from .runs import run_key as run_key
 
 if TYPE_CHECKING:
     from ..report.report import Section
-    from .spec import SpecBase
     from .store import Store
 
-STATUSES = ("done", "diverged", "failed")
-FINISHED = ("done", "diverged")
+
+class SpecLike(Protocol):
+    """What the registry reads of a spec. Every spec model (a subclass of
+    :class:`reslim._src.experiments.spec.SpecBase`) has it; a protocol, so that the registry does
+    not import the spec module (whose ``validate_spec`` looks kinds up here)."""
+
+    kind: str
+    name: str
+
 
 # Modules that register kinds, imported on a registry miss (add a line for a new kind).
 KIND_MODULES = {
@@ -38,62 +47,6 @@ KIND_MODULES = {
 }
 
 
-def canonical_json(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-#: version of what a config does not say but a run's numbers depend on (the weights' random
-#: generator): part of every key, so results of another version are never mixed in a store.
-#: 2: block weights drawn as float32 normals (1: float64).
-KEY_VERSION = 2
-
-
-def run_key(config: dict[str, Any]) -> str:
-    """Hash of the full run config and :data:`KEY_VERSION`: equal configs, equal keys (20 hex
-    digits of SHA-256)."""
-    return hashlib.sha256(f"{KEY_VERSION}:{canonical_json(config)}".encode()).hexdigest()[:20]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One unit of work: a full, JSON-able config and its key.
-
-    ``group``: runs with the same group (and stage) may execute together in one batched task
-    (equal shapes). ``stage``: runs of stage s start once every run of earlier stages is stored
-    (references are stage 0). ``cost``: flops estimate (progress/ETA, scheduling); ``mem``:
-    bytes one run needs in a task (batching cap).
-    """
-
-    kind: str
-    config: dict[str, Any]
-    group: str = ""
-    stage: int = 1
-    cost: float = 1.0
-    mem: float = 0.0
-    label: str = ""
-    key: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.key:
-            object.__setattr__(self, "key", run_key(self.config))
-
-
-@dataclass
-class RunResult:
-    """What executing a run produced. ``status``: done, diverged or failed (with ``error``)."""
-
-    key: str
-    status: Literal["done", "diverged", "failed"]
-    metrics: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-
-
 class ExperimentKind:
     """Base class of experiment kinds; override what the kind needs.
 
@@ -102,7 +55,7 @@ class ExperimentKind:
     """
 
     name: ClassVar[str] = ""
-    spec_model: ClassVar[type[SpecBase]]
+    spec_model: ClassVar[type[Any]]  #: a subclass of spec.SpecBase (a pydantic model)
     #: optional module (imported on first use, in the driver only) providing
     #: ``analyse(kind, spec, store)``, ``sections(kind, spec, store, analysis, figure_dir)`` and
     #: ``summary_lines(analysis)``: the default analysis/report hooks delegate to it
@@ -118,33 +71,33 @@ class ExperimentKind:
         """Module a worker imports to find this kind (registration happens at import)."""
         return type(self).__module__
 
-    def expand(self, spec: SpecBase) -> list[Run]:
+    def expand(self, spec: SpecLike) -> list[Run]:
         raise NotImplementedError
 
     def execute(self, runs: list[Run]) -> list[RunResult]:
         """Execute runs of one group (equal shapes) together; one result per run, in order."""
         raise NotImplementedError
 
-    def finish(self, spec: SpecBase, run: Run, result: RunResult, store: Store) -> RunResult:
+    def finish(self, spec: SpecLike, run: Run, result: RunResult, store: Store) -> RunResult:
         """Driver-side post-processing of a result before it is stored (default: none)."""
         return result
 
-    def records(self, spec: SpecBase, store: Store) -> list:
+    def records(self, spec: SpecLike, store: Store) -> list:
         """The stored records of ``spec``'s runs (a store may hold other specs' runs too)."""
         keys = {r.key for r in self.expand(spec)}
         return [rec for rec in store.records(kind=spec.kind) if rec.key in keys]
 
-    def analyse(self, spec: SpecBase, store: Store) -> Any:
+    def analyse(self, spec: SpecLike, store: Store) -> Any:
         """Fits and tables from the store (default: the report module's, else nothing)."""
         mod = self._report_module()
         return None if mod is None else mod.analyse(self, spec, store)
 
-    def report(self, spec: SpecBase, store: Store, analysis: Any, figure_dir) -> list[Section]:
+    def report(self, spec: SpecLike, store: Store, analysis: Any, figure_dir) -> list[Section]:
         """Report sections (with figures written under ``figure_dir``)."""
         mod = self._report_module()
         return [] if mod is None else mod.sections(self, spec, store, analysis, figure_dir)
 
-    def summary(self, spec: SpecBase, analysis: Any) -> list[str]:
+    def summary(self, spec: SpecLike, analysis: Any) -> list[str]:
         """Lines printed at the end of ``reslim run``."""
         mod = self._report_module()
         return [] if mod is None else mod.summary_lines(analysis)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .registry import FINISHED, Run, RunResult, canonical_json
+from .runs import FINISHED, Run, RunResult, canonical_json
 
 FILENAME = "results.sqlite"
 

@@ -238,7 +238,7 @@ def run_experiment(spec: SpecBase, out: str | Path, *, executor: Executor | None
         summary = run_sweep(spec, out, executor=executor, jobs=jobs, progress=progress, console=console,
                             store=store)
         if report:
-            from ..report.report import write_report
+            from .reporting import write_report
 
             rep = write_report(out, spec=spec, store=store)
             summary.analysis, summary.report, summary.summary_lines = rep.analysis, rep.paths, rep.summary

@@ -93,15 +93,13 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
     aggs, fit_rows = [], []
     Lmax, Mmax, Dmax = max(spec.grid.L), max(spec.grid.M), max(spec.grid.D)
     metric = {"embedding": "embedding_error", "output": "output_error"}
-    from ..experiments.convergence import PUBLISHED, THEORY_EXPONENTS, TWINS
-
     limit_ref = spec.reference.kind == "limit"
     if limit_ref:
         res.reference = _limit_reference_info(kind, spec, store, step)
     for role in spec.runs:
         m = _matrix(runs, role, metric[role], reps, shapes, step)
         if getattr(spec.reference, "floor", False):
-            twin = _matrix(runs, TWINS[role], metric[role], reps, [tuple(spec.reference.shape)], step)[0]
+            twin = _matrix(runs, kind.twins[role], metric[role], reps, [tuple(spec.reference.shape)], step)[0]
             if np.isfinite(twin).any():
                 res.floor[role] = twin**2 / 2  # E|twin - ref|^2 = 2 phi: independent, equal laws
         # the term fits: against a finite reference with its twin-measured floor removed; against
@@ -132,7 +130,7 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
                 return
             res.power[(role, axis)] = f
             held = ", ".join(f"{k}={v}" for k, v in fixed.items())
-            fit_rows.append(_fit_row(role, axis, held, f, THEORY_EXPONENTS[role][axis]))
+            fit_rows.append(_fit_row(role, axis, held, f, kind.theory_exponents[role][axis]))
             if phi is None or axis not in term_bg:
                 return
             bg = term_bg[axis]
@@ -144,7 +142,7 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
                 return
             res.power[(role, axis + "|floor")] = t
             lhs = "err^2 (floor 0: exact limit)" if limit_ref else "err^2 - floor"
-            fit_rows.append(_fit_row(role, axis, held, t, THEORY_EXPONENTS[role][axis],
+            fit_rows.append(_fit_row(role, axis, held, t, kind.theory_exponents[role][axis],
                                      fit=f"term: {lhs} = C^2 {axis}^2p + {' + '.join(bg)}"))
 
         fit("M", {"L": Lmax, "D": Dmax})
@@ -164,8 +162,8 @@ def analyse(kind, spec, store) -> ConvergenceAnalysis:
                 f = measure.fit_power_law(front["P"].to_numpy(), m[keep], n_boot=spec.analysis.n_boot,
                                           seed=spec.seed)
                 res.power[(role, "P")] = f
-                fit_rows.append(_fit_row(role, "P", "best shape per P", f, THEORY_EXPONENTS[role]["P"],
-                                         PUBLISHED[role]["P"]))
+                fit_rows.append(_fit_row(role, "P", "best shape per P", f, kind.theory_exponents[role]["P"],
+                                         kind.published[role]["P"]))
             except ValueError as err:
                 res.notes.append(f"{role} error vs P: no fit ({err})")
         ok = np.isfinite(agg["rms"]).to_numpy() & (agg["rms"].to_numpy() > 0)
@@ -292,8 +290,6 @@ def _describe_reference(ref) -> str:
 
 
 def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Section]:
-    from ..experiments.convergence import PUBLISHED
-
     out = []
     fit_sec = Section("Fitted rates", [
         f"Errors at GD step k = {res.step} against the reference "
@@ -317,7 +313,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
         fit_sec.tables.append(("Power-law fits beside the theory's exponents", res.fits))
     rows = []
     for role, f in res.additive.items():
-        pub = PUBLISHED[role]
+        pub = kind.published[role]
         for name, term in zip(("a", "b", "c"), f.terms, strict=True):
             lo, hi = f.coefficient_ci[name]
             rows.append({"error": role, "term of err^2": term, "coefficient": name,
@@ -347,7 +343,7 @@ def sections(kind, spec, store, res: ConvergenceAnalysis, fig_dir) -> list[Secti
             figs.figures.append(figures.save(
                 figures.error_vs_axis(a, "L", "D", {"M": Mmax}, label[role], model), fig_dir,
                 f"convergence-{role}-vs-L", f"{role} error vs L, one line per D (M = {Mmax})"))
-        pub = PUBLISHED[role]
+        pub = kind.published[role]
         guides = {"P^(-1/6) (published 2 P^-1/6)": (2.0, -1 / 6),
                   "P^(-1/5) (published 0.7 P^-1/5)": (0.7, -1 / 5)}
         figs.figures.append(figures.save(

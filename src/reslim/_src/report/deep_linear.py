@@ -162,7 +162,7 @@ def sections(kind, spec, store, res: DeepLinearAnalysis, fig_dir) -> list[Sectio
             "Gaussian samples. `rank`: numerical rank of W^l(t) - W^l(0) for l = 1..L (max over "
             "repetitions)."])
         b.tables.append(("KS distances and ranks", res.law))
-        b.figures.extend(_law_figures(spec, res, fig_dir))
+        b.figures.extend(_law_figures(spec, res, fig_dir, kind.qq_probs))
         out.append(b)
     if len(res.flow):
         c = Section("(c) Gradient flow of the limit: exponential convergence to beta*", [
@@ -199,15 +199,13 @@ def _width_figure(spec, res, fig_dir):
                         "dashed: fitted power laws")
 
 
-def _law_figures(spec, res, fig_dir):
+def _law_figures(spec, res, fig_dir, qq_probs):
     import matplotlib.pyplot as plt
     from scipy.stats import norm
 
-    from ..experiments.deep_linear import QQ_PROBS
-
     refs = []
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-    theo = norm.ppf(QQ_PROBS)
+    theo = norm.ppf(qq_probs)
     panels = ((axes[0], "qq_first", "W^1 entries"), (axes[1], "qq_hidden", "h^{L-1} coordinates"))
     for ax, name, title in panels:
         for L in spec.L:

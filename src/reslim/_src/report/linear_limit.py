@@ -400,24 +400,13 @@ def _detail_runs(spec, store):
     return sorted(recs, key=lambda r: r.config["rep"])
 
 
-def _solution(spec, config):
-    from ..experiments.linear_limit import effective_embeddings, large_d_solution
-    from ..models.resnet import ResNet
-    from ..scaling.shapes import Shape
-
-    net = ResNet(Shape(1, 1, config["shape"][2]), param=spec.model.param.build(), d_in=spec.data.d_in,
-                 d_out=spec.data.d_out, activation="identity", seeds=[0])
-    _, _, e_std, u_std = effective_embeddings(net)
-    return large_d_solution(config, float(net.param.alpha), e_std, u_std)
-
-
 def coordinate_figures(kind, spec, store, fig_dir) -> list:
     """Coordinate trajectories h_{l,d} vs l/L over the limit's H_d(s), and histograms of the
     coordinates of h_L against N(0, Gamma^H_kk(1)), at the steps ``figures.steps``."""
     import matplotlib.pyplot as plt
 
     recs = _detail_runs(spec, store)
-    sol = _solution(spec, recs[0].config)
+    sol = kind.figure_solution(spec, recs[0].config)
     L, M, D = recs[0].config["shape"]
     steps = spec.figures.steps
     arr = store.arrays(recs[0].key, ["h_coords", "ode_coords", "z_coords"])
