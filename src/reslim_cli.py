@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 
+#: whether this process's OMP_WAIT_POLICY was set here (it was unset) rather than inherited;
+#: ``reslim info`` reports it
+SET_OMP_WAIT_POLICY = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
