@@ -19,7 +19,7 @@ from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance
 from ._src.limits.deep_linear import DeepLinearLimit, DeepLinearProblem, DeepLinearSolution
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
-from ._src.limits.nfd import NFDLimit, NFDProblem, sgd_batches
+from ._src.limits.nfd import NFDLimit, NFDProblem, nfd_network_options, sgd_batches
 from ._src.limits.reference import ReferenceNetwork
 from ._src.limits.solvers import SOLVERS, available_limits, get_limit, register_limit, solve
 
@@ -42,6 +42,7 @@ __all__ = [
     "get_limit",
     "hidden_distance",
     "limit_gram",
+    "nfd_network_options",
     "output_rms",
     "register_limit",
     "sgd_batches",

@@ -199,7 +199,7 @@ class NFDProblem:
         return cls(data.X, data.Y, steps=steps, X_test=data.X_test, Y_test=data.Y_test, **kw)
 
 
-def reslim_network_options(problem: NFDProblem) -> dict:
+def nfd_network_options(problem: NFDProblem) -> dict:
     """Keyword arguments of :class:`reslim.ResNet` and :func:`reslim.train` for the finite network
     whose limit ``problem`` describes (``{"model": {...}, "train": {...}}``); the width ``N`` is
     reslim's ``D`` (= ``M``). gamma_0 = 1 and embed_std = 1 is the ``depth-mup`` preset exactly;
@@ -311,6 +311,8 @@ class NFDLimit(Limit):
     ``particles`` (``{"h", "e"}``: (K+1, L+1, n, P)) when recorded, ``seconds``.
     """
 
+    name = "nfd"
+    problem_type = NFDProblem
     activations = tuple(ACTIVATIONS)
 
     def __init__(self, L: int = 64, particles: int = 4096, replicas: int = 4, seed: int = 0,
