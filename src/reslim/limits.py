@@ -11,11 +11,19 @@ activation, W_e, W_u); a :class:`Limit` solves it and returns a :class:`reslim.T
     ReferenceNetwork(shape, seeds)  "reference"  a large finite network (any activation)
     NFDLimit(...), NFDProblem  "nfd"  Neural Feature Dynamics (one-layer blocks, depth-muP; docs/limits.md)
     LargeDSolution             what LargeDLimit.solution(problem) returns
-    embedding_error, output_rms, embedding_rms, hidden_distance   distances between records
+    large_d_embedding_error    the paper's max_l mean |h - H| against the large-D single sites
+    output_rms, embedding_rms, hidden_distance   distances between records
+    embedding_error            deprecated alias of large_d_embedding_error
 """
 
 from ._src.limits.base import Limit, LimitProblem
-from ._src.limits.compare import embedding_error, embedding_rms, hidden_distance, output_rms
+from ._src.limits.compare import (
+    embedding_error,
+    embedding_rms,
+    hidden_distance,
+    large_d_embedding_error,
+    output_rms,
+)
 from ._src.limits.deep_linear import DeepLinearLimit, DeepLinearProblem, DeepLinearSolution
 from ._src.limits.large_d import LargeDLimit, LargeDSolution, limit_gram
 from ._src.limits.mean_ode import MeanODE
@@ -41,6 +49,7 @@ __all__ = [
     "embedding_rms",
     "get_limit",
     "hidden_distance",
+    "large_d_embedding_error",
     "limit_gram",
     "nfd_network_options",
     "output_rms",

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from ..measure.errors import max_layer_mean_abs_error
 from ..models.resnet import ResNet
 from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
@@ -198,12 +199,6 @@ def large_d_solution(c: dict[str, Any], alpha: float, embed_std: float, readout_
     return _LIMIT_CACHE[key]
 
 
-def max_mean_abs(h: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """``max_l mean_{n,d} |h - H|`` for ``h``, ``H`` (..., S+1, N, D): shape (...)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.abs(h - H).mean(axis=(-1, -2)).max(axis=-1)
-
-
 def _divergence(*errors: np.ndarray, threshold: float) -> int:
     """First step where any error list is non-finite or above ``threshold`` (-1: none)."""
     bad = np.zeros(errors[0].shape[0], dtype=bool)
@@ -320,7 +315,7 @@ class LinearLimit(ExperimentKind):
         z = np.concatenate([W_e, W_u], axis=2)  # (B, D, p)
         a_inf = sol.coef.at_depths("a", depth)[:, 0]  # (K+1, L+1, p, N)
         H = np.einsum("kspn,bdp->kbsnd", a_inf, z)
-        emb = max_mean_abs(h, H)  # (K+1, B)
+        emb = max_layer_mean_abs_error(h, H)  # (K+1, B): max_l mean_{n,d} |h - H|
         with np.errstate(invalid="ignore", over="ignore"):
             out = np.sqrt(((traj.outputs - sol.outputs[:, None]) ** 2).mean(axis=(2, 3)))
         del H
@@ -330,7 +325,7 @@ class LinearLimit(ExperimentKind):
         coef, Q = MeanODE(S=c["limit"]["S"]).coefficients(pb)
         a_ode = coef.at_depths("a", depth)  # (K+1, B, L+1, p, N)
         h_ode = np.einsum("kbspn,bdp->kbsnd", a_ode, Q)
-        ode_emb = max_mean_abs(h, h_ode)
+        ode_emb = max_layer_mean_abs_error(h, h_ode)
         with np.errstate(invalid="ignore", over="ignore"):
             ode_out = np.sqrt(((traj.outputs - coef.outputs) ** 2).mean(axis=(2, 3)))
         seconds = (time.perf_counter() - t0) / len(runs)

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from ..measure.errors import max_layer_mean_abs
 from ..models.activations import ACTIVATIONS
 from ..training.data import gaussian_data
 from ..training.trainer import train
@@ -266,7 +267,7 @@ def embedding_errors(E: np.ndarray, a: np.ndarray, h: np.ndarray | None = None) 
             diff = -np.einsum("bsrn,bdr->bsnd", am, E)
             if h is not None:
                 diff += h[k]
-            out["error"][k] = np.abs(diff).mean(axis=(-1, -2)).max(axis=-1)
+            out["error"][k] = max_layer_mean_abs(diff)
             out["rms"][k] = np.sqrt((diff[:, -1] ** 2).mean(axis=(-1, -2)))
             dev = a[:, k] - am
             var = np.einsum("jbsrn,brq,jbsqn->bs", dev, G, dev) / (dev.shape[-1] * (R - 1) * R)

@@ -5,8 +5,11 @@ All functions are pure; networks whose record is NaN (diverged) give NaN, never 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from ..measure.errors import max_layer_mean_abs_error
 from ..training.trajectory import Trajectory
 from .large_d import LargeDSolution
 
@@ -59,13 +62,16 @@ def hidden_distance(a: Trajectory, b: Trajectory, step: int | None = None) -> np
     return _at(np.sqrt(((x - y) ** 2).mean(axis=(3, 4))).max(axis=2), step)
 
 
-def embedding_error(finite: Trajectory, limit: LargeDSolution, W_e: np.ndarray, W_u: np.ndarray,
-                    step: int = 5) -> np.ndarray:
-    """The paper's embedding metric (docs/theory.md §3.2), per network: (B,).
+def large_d_embedding_error(finite: Trajectory, limit: LargeDSolution, W_e: np.ndarray, W_u: np.ndarray,
+                            step: int = 5) -> np.ndarray:
+    """The paper's embedding metric (docs/theory.md §3.2) of a finite network against the large-D
+    limit's single sites of its own rows, per network: (B,).
 
     For network ``b`` with ``hidden`` h_{l,d} (depths l / L) and rows ``W_e[b]`` (D, d_in),
     ``W_u[b]`` (D, d_out): ``max_l mean_{d, n} |h_{l,d}(x_n) - H_d(s_l, x_n)|`` at ``step``,
-    where H_d is the limit's single site of the same rows (Hermite-interpolated to s_l).
+    where H_d is the limit's single site of the same rows (Hermite-interpolated to s_l); the
+    reduction is :func:`reslim.measure.max_layer_mean_abs_error`'s. (Not
+    :func:`reslim.measure.embedding_error`, the RMS of ``h_L`` against a reference record.)
     """
     if finite.hidden is None:
         raise ValueError("finite: the trajectory must record hidden (train(..., record=('hidden',)))")
@@ -80,6 +86,14 @@ def embedding_error(finite: Trajectory, limit: LargeDSolution, W_e: np.ndarray, 
     for i in range(B):
         j = i if W_e.shape[0] == B else 0
         H, _ = limit.single_site(W_e[j], W_u[j], depths=finite.depth)  # (K+1, L+1, D, N)
-        diff = np.abs(h[i] - np.swapaxes(_at(H, step), -1, -2))
-        out[i] = diff.mean(axis=(1, 2)).max()
+        out[i] = max_layer_mean_abs_error(h[i], np.swapaxes(_at(H, step), -1, -2))
     return out
+
+
+def embedding_error(finite: Trajectory, limit: LargeDSolution, W_e: np.ndarray, W_u: np.ndarray,
+                    step: int = 5) -> np.ndarray:
+    """Deprecated alias of :func:`large_d_embedding_error` (the name clashed with
+    :func:`reslim.measure.embedding_error`, a different metric)."""
+    warnings.warn("reslim.limits.embedding_error is deprecated: use reslim.limits.large_d_embedding_error "
+                  "(reslim.measure.embedding_error is another metric)", DeprecationWarning, stacklevel=2)
+    return large_d_embedding_error(finite, limit, W_e, W_u, step)

@@ -18,6 +18,7 @@ __all__ = [
     "ErrorStats",
     "embedding_error",
     "error_stats",
+    "max_layer_mean_abs",
     "max_layer_mean_abs_error",
     "output_error",
 ]
@@ -173,7 +174,21 @@ def max_layer_mean_abs_error(
     elif r.shape[-3] != h.shape[-3]:
         raise ValueError(f"ref_hidden: {r.shape[-3]} depth points, hidden has {h.shape[-3]} (give depth)")
     with np.errstate(invalid="ignore", over="ignore"):
-        per_layer = np.mean(np.abs(h - r), axis=(-2, -1))  # (..., S+1)
+        return max_layer_mean_abs(h - r)
+
+
+def max_layer_mean_abs(diff: np.ndarray) -> np.ndarray:
+    """The reduction of :func:`max_layer_mean_abs_error` for a difference already formed:
+    ``max_l mean_{n,d} |diff_{l,n,d}|`` for ``diff (..., S+1, N, D)`` (layers on axis -3), shape
+    ``(...)``; NaN where any layer's mean is non-finite (a diverged record is never a number).
+
+    The one implementation of the paper's metric: the experiments call it on differences of
+    their own making (a limit built from coefficients, a difference of two limits)."""
+    d = np.asarray(diff)
+    if d.ndim < 3:
+        raise ValueError(f"diff: expected shape (..., S+1, N, D), got {d.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        per_layer = np.mean(np.abs(d), axis=(-2, -1))  # (..., S+1)
     bad = ~np.all(np.isfinite(per_layer), axis=-1)
     out = np.max(np.where(np.isfinite(per_layer), per_layer, -np.inf), axis=-1)
     return np.where(bad, np.nan, out)
