@@ -1,4 +1,5 @@
-"""Monomials ``c * L^a * M^b * D^e * d_in^f * d_out^g * alpha^h``: the unit of every scaling rule.
+"""Monomials ``c * L^a * M^b * D^e * d_in^f * d_out^g * alpha^h`` (and the attention head sizes
+``r``, ``r_v``): the unit of every scaling rule.
 
 A rule is written as a short expression, e.g. ``"alpha*sqrt(D)/(L*M)"`` or ``"D^-0.5"``, and
 kept as a coefficient plus exponents, so that the exponent of any rule along any axis can be
@@ -12,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-SYMBOLS = ("L", "M", "D", "d_in", "d_out", "alpha")
+SYMBOLS = ("L", "M", "D", "d_in", "d_out", "alpha", "r", "r_v")
 
 
 @dataclass(frozen=True)
