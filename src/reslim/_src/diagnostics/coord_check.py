@@ -444,18 +444,16 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
     """Draw RMS against size (log-log) for every quantity and depth position, one row of
     panels per axis, at ``step`` (default last); save a PNG at ``path`` and return it."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     axes = list(dict.fromkeys(exponents["axis"]))
     quantities = QUANTITIES  # the output y included
     initial = ("h", "p", "y")  # measured at initialisation, not at a step
     positions = list(dict.fromkeys(exponents["position"]))
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     colour = {pos: cmap(n % 10) for n, pos in enumerate(positions)}  # one colour per position, all panels
-    fig, grid = plt.subplots(len(axes), len(quantities), figsize=(2.9 * len(quantities),
-                             2.9 * len(axes) + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.9 * len(quantities), 2.9 * len(axes) + 0.4))
+    grid = fig.subplots(len(axes), len(quantities), squeeze=False)
     param = exponents["param"].iloc[0]
     opt = exponents["optimizer"].iloc[0]
     for i, a in enumerate(axes):
@@ -484,5 +482,4 @@ def plot_coord_check(exponents: pd.DataFrame, path: str, step: int | None = None
     fig.suptitle(f"coordinate check: {param} ({opt})")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

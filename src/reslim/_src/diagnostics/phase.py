@@ -164,14 +164,12 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
     """Draw each map (each cell split in one stripe per checked axis, coloured by that axis'
     verdict and labelled with its ``du`` exponent; complete feature learning outlined; MLU's
     point starred) and optionally the alpha sweep; save a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch, Rectangle
 
     n = len(maps) + (alpha is not None)
-    fig, axs = plt.subplots(1, n, figsize=(5.2 * n, 4.8), squeeze=False)
+    fig = Figure(figsize=(5.2 * n, 4.8))
+    axs = fig.subplots(1, n, squeeze=False)
     for ax, df in zip(axs[0], maps, strict=False):
         x, y = df.attrs["x"], df.attrs["y"]
         xs = sorted(df[f"exp_{x}"].unique())
@@ -184,13 +182,13 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
             h = dy / max(1, len(present))
             for i, a in enumerate(present):  # one stripe per checked axis, top to bottom
                 y0 = cy + dy / 2 - (i + 1) * h
-                ax.add_patch(plt.Rectangle((cx - dx / 2, y0), dx, h, alpha=0.85, lw=0,
-                                           color=VERDICT_COLORS.get(getattr(r, f"verdict_{a}"), "#999")))
+                ax.add_patch(Rectangle((cx - dx / 2, y0), dx, h, alpha=0.85, lw=0,
+                                       color=VERDICT_COLORS.get(getattr(r, f"verdict_{a}"), "#999")))
                 ax.text(cx, y0 + h / 2, f"{a}: {_fmt(getattr(r, f'du_{a}'))}", ha="center",
                         va="center", fontsize=6)
             edge = "k" if r.verdict == "feature learning" else "white"
-            ax.add_patch(plt.Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, ec=edge,
-                                       lw=2 if edge == "k" else 1))
+            ax.add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, ec=edge,
+                                   lw=2 if edge == "k" else 1))
         mx, my = MLU_EXPONENTS[x], MLU_EXPONENTS[y]
         ax.plot([mx - 0.4 * dx], [my + 0.4 * dy], marker="*", color="k", ms=9)
         ax.set_xlim(xs[0] - dx / 2, xs[-1] + dx / 2)
@@ -227,5 +225,4 @@ def plot_phase_diagram(maps: Sequence[pd.DataFrame], path: str,
         ax.legend(fontsize=7)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

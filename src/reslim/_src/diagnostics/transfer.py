@@ -265,17 +265,16 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: i
     """Final loss vs lr, one curve per depth (seed mean, min-max band), a panel per
     parameterization, optima marked. Returns the figure (saved to ``path`` if given)."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     sub = df[(df["dataset"] == dataset) & (df["width"] == width)]
     params = list(dict.fromkeys(sub["param"]))
     if not params:
         raise ValueError(f"no rows for dataset {dataset!r} and width {width}")
-    fig, axes = plt.subplots(1, len(params), figsize=(3.2 * len(params), 3.0), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(params), 3.0))
+    axes = fig.subplots(1, len(params), squeeze=False)
     depths = sorted(sub["L"].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for ax, param in zip(axes[0], params, strict=True):
         finite = sub.loc[sub["param"] == param, metric].to_numpy(float)
         finite = finite[np.isfinite(finite) & (finite > 0)]

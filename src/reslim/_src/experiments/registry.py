@@ -37,13 +37,14 @@ class SpecLike(Protocol):
 # Modules that register kinds, imported on a registry miss (add a line for a new kind).
 KIND_MODULES = {
     "convergence": "reslim._src.experiments.convergence",
-    "gia-gap": "reslim._src.experiments.depth_experiments",
-    "collapse": "reslim._src.experiments.depth_experiments",
-    "transfer": "reslim._src.experiments.depth_experiments",
+    "gia-gap": "reslim._src.experiments.gia_gap",
+    "collapse": "reslim._src.experiments.collapse",
+    "transfer": "reslim._src.experiments.transfer",
     "probe": "reslim._src.experiments.probe",
     "linear-limit": "reslim._src.experiments.linear_limit",
     "nonlinear-limit": "reslim._src.experiments.nonlinear_limit",
     "deep-linear": "reslim._src.experiments.deep_linear",
+    "nfd": "reslim._src.experiments.nfd",
 }
 
 

@@ -176,11 +176,9 @@ def sections(kind, spec, store, res: DeepLinearAnalysis, fig_dir) -> list[Sectio
 
 
 def _width_figure(spec, res, fig_dir):
-    import matplotlib.pyplot as plt
-
     s = max(spec.analysis.steps)
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
+    cmap = figures.colormap("viridis")
     for i, L in enumerate(spec.L):
         d = res.width[res.width["L"] == L]
         color = cmap(i / max(len(spec.L) - 1, 1))
@@ -200,11 +198,10 @@ def _width_figure(spec, res, fig_dir):
 
 
 def _law_figures(spec, res, fig_dir, qq_probs):
-    import matplotlib.pyplot as plt
     from scipy.stats import norm
 
     refs = []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig, axes = figures.subplots(1, 2, figsize=(9, 4.2))
     theo = norm.ppf(qq_probs)
     panels = ((axes[0], "qq_first", "W^1 entries"), (axes[1], "qq_hidden", "h^{L-1} coordinates"))
     for ax, name, title in panels:
@@ -219,7 +216,7 @@ def _law_figures(spec, res, fig_dir, qq_probs):
         ax.legend(fontsize=7)
     refs.append(figures.save(fig, fig_dir, "deep-linear-qq", f"QQ plots at N = {spec.law.N} against the "
                              "limit's Gaussian law (standardised by the limit's std)"))
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     for L in spec.L:
         d = res.law[res.law["L"] == L]
         if not len(d):
@@ -238,9 +235,7 @@ def _law_figures(spec, res, fig_dir, qq_probs):
 
 
 def _flow_figure(res, fig_dir):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     for L, (t, d) in sorted(res.curves.items()):
         ax.semilogy(t, d, "-", label=f"L={L}")
         r = res.flow[res.flow["L"] == L].iloc[0]

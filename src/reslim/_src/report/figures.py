@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg backend), each saved as PNG and SVG."""
+"""Figures, each saved as PNG and SVG. matplotlib's ``Figure`` API only: no pyplot state, no
+backend switch (``matplotlib.use``), so a library call never changes the caller's matplotlib."""
 
 from __future__ import annotations
 
@@ -6,27 +7,35 @@ import io
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from .report import FigureRef, atomic_write
 
-from .report import FigureRef, atomic_write  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kw):
+    """``(fig, axes)`` as ``pyplot.subplots`` returns them, but a bare :class:`Figure` that no
+    pyplot registry holds (nothing to close; garbage-collected like any object)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def colormap(name: str):
+    """The registered colormap ``name`` (``matplotlib.colormaps``)."""
+    return matplotlib.colormaps[name]
 
 
 def save(fig, directory: Path, name: str, caption: str = "") -> FigureRef:
     """Write ``name.png`` (120 dpi) and ``name.svg`` atomically (a temporary file renamed over the
-    old one); close the figure."""
+    old one)."""
     directory.mkdir(parents=True, exist_ok=True)
     png, svg = directory / f"{name}.png", directory / f"{name}.svg"
-    try:
-        for path, options in ((png, {"dpi": 120}), (svg, {})):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **options)
-            atomic_write(path, buf.getvalue())
-    finally:
-        plt.close(fig)
+    for path, options in ((png, {"dpi": 120}), (svg, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **options)
+        atomic_write(path, buf.getvalue())
     return FigureRef(png, caption, svg)
 
 
@@ -37,9 +46,9 @@ def error_vs_axis(agg: pd.DataFrame, x: str, line: str, fixed: dict[str, int], y
     sel = agg
     for k, v in fixed.items():
         sel = sel[sel[k] == v]
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = subplots(figsize=(6.2, 4.4))
     values = sorted(sel[line].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = colormap("viridis")
     for i, v in enumerate(values):
         d = sel[sel[line] == v].sort_values(x)
         d = d[np.isfinite(d["rms"]) & (d["rms"] > 0)]
@@ -60,7 +69,7 @@ def error_vs_axis(agg: pd.DataFrame, x: str, line: str, fixed: dict[str, int], y
     if len(values) <= 12:
         ax.legend(fontsize=7, ncol=2)
     else:
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.LogNorm(min(values), max(values)))
+        sm = ScalarMappable(cmap=cmap, norm=matplotlib.colors.LogNorm(min(values), max(values)))
         fig.colorbar(sm, ax=ax, label=line)
     ax.grid(True, which="both", alpha=0.25)
     return fig
@@ -70,7 +79,7 @@ def error_vs_P(agg: pd.DataFrame, ylabel: str, frontier: pd.DataFrame | None = N
                guides: dict[str, tuple[float, float]] | None = None, title: str = ""):
     """Error of every shape against ``P = L M D``, the best-shape frontier, its power-law fit and
     guide lines ``label -> (constant, exponent)``."""
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = subplots(figsize=(6.2, 4.4))
     d = agg[np.isfinite(agg["rms"]) & (agg["rms"] > 0)]
     sc = ax.scatter(d["P"], d["rms"], c=np.log10(d["D"]), s=10, cmap="viridis", alpha=0.7)
     fig.colorbar(sc, ax=ax, label="log10 D")
@@ -95,15 +104,15 @@ def error_vs_P(agg: pd.DataFrame, ylabel: str, frontier: pd.DataFrame | None = N
 def losses(curves: list[tuple[str, np.ndarray, float]], reference: np.ndarray | None = None,
            title: str = "training loss per shape, coloured by P = L M D"):
     """Training loss against step for each shape (``(label, loss (K+1,), P)``, coloured by P)."""
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = subplots(figsize=(6.2, 4.4))
     if curves:
         Ps = np.log10([c[2] for c in curves])
         lo, hi = Ps.min(), max(Ps.max(), Ps.min() + 1e-9)
-        cmap = plt.get_cmap("viridis")
+        cmap = colormap("viridis")
         for (_label, loss, P) in curves:
             ax.plot(np.arange(len(loss)), loss, color=cmap((np.log10(P) - lo) / (hi - lo)), lw=0.8,
                     alpha=0.7)
-        sm = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(lo, hi))
+        sm = ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(lo, hi))
         fig.colorbar(sm, ax=ax, label="log10 P")
     if reference is not None:
         ax.plot(np.arange(len(reference)), reference, "k-", lw=2, label="reference")

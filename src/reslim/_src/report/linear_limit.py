@@ -336,9 +336,7 @@ def leg1_figure(agg: pd.DataFrame, metric: str, fit, step: int, ylabel: str, std
                 ratio: float = 3.0):
     """Leg 1 errors of every shape against L M / D (colour: L), the power-law ``fit`` dashed, and
     the limit's standard error ``stderr`` (a column, x ``ratio``) as marks."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     d = agg[np.isfinite(agg[metric]) & (agg[metric] > 0)]
     x = d["L"] * d["M"] / d["D"]
     sc = ax.scatter(x, d[metric], c=np.log10(d["L"]), s=12, cmap="viridis")
@@ -363,9 +361,7 @@ def leg2_figure(g: pd.DataFrame, power: dict, step: int, metrics=(("embedding_er
                 stderr: dict[str, str] | None = None, ratio: float = 3.0):
     """Leg 2 errors against D with their fits (``power["leg2-<name>"]``), a D^-1/2 guide and,
     where given, the difference's standard error (column per metric, x ``ratio``) dotted."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     for (metric, name), marker in zip(metrics, "osd^", strict=False):
         ok = np.isfinite(g[metric]) & (g[metric] > 0)
         line, = ax.plot(g["D"][ok], g[metric][ok], marker + "-", ms=4, label=name)
@@ -403,8 +399,6 @@ def _detail_runs(spec, store):
 def coordinate_figures(kind, spec, store, fig_dir) -> list:
     """Coordinate trajectories h_{l,d} vs l/L over the limit's H_d(s), and histograms of the
     coordinates of h_L against N(0, Gamma^H_kk(1)), at the steps ``figures.steps``."""
-    import matplotlib.pyplot as plt
-
     recs = _detail_runs(spec, store)
     sol = kind.figure_solution(spec, recs[0].config)
     L, M, D = recs[0].config["shape"]
@@ -416,8 +410,8 @@ def coordinate_figures(kind, spec, store, fig_dir) -> list:
     H = np.einsum("kspn,dp->ksnd", sol.coef.at_depths("a", s)[:, 0], z)  # (K+1, 201, N, n)
     depth = np.arange(L + 1) / L
     refs = []
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    cmap = plt.get_cmap("plasma")
+    fig, axes = figures.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    cmap = figures.colormap("plasma")
     for j in range(n):
         ax = axes[0, j]
         for i, k in enumerate(steps):
@@ -439,7 +433,7 @@ def coordinate_figures(kind, spec, store, fig_dir) -> list:
     # histograms: coordinates of h_L at step k (all done repetitions, first sample)
     vals = np.concatenate([store.arrays(r.key, ["h_last"])["h_last"][:, 0, :] for r in recs], axis=1)
     var = sol.variances()[0][:, -1, 0]  # Gamma^H_kk(1) for sample 1, (K+1,)
-    fig, axes = plt.subplots(1, len(steps), figsize=(3.8 * len(steps), 3.3), squeeze=False)
+    fig, axes = figures.subplots(1, len(steps), figsize=(3.8 * len(steps), 3.3), squeeze=False)
     for i, k in enumerate(steps):
         ax = axes[0, i]
         v = vals[k][np.isfinite(vals[k])]

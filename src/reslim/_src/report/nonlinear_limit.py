@@ -236,11 +236,9 @@ def sections(kind, spec, store, res: NonlinearLimitAnalysis, fig_dir) -> list[Se
 
 def _with_stderr(fig, agg: pd.DataFrame, line: str, stderr: str, ratio: float):
     """Dotted ratio x stderr per line value on a figure of :func:`figures.error_vs_axis`."""
-    import matplotlib.pyplot as plt
-
     ax = fig.axes[0]
     values = sorted(agg[line].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = figures.colormap("viridis")
     for i, v in enumerate(values):
         se = float(np.sqrt(np.nanmean(agg[agg[line] == v][stderr] ** 2)))
         if math.isfinite(se) and se > 0:

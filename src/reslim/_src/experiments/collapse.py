@@ -1,0 +1,150 @@
+"""Kind ``collapse`` (docs/depth.md; docs/theory.md §3.4): per (optimizer, correction, L, seed) the
+feature updates of two-layer depth-muP blocks (first internal layer, block output); fits
+``~ L^p``."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from ..diagnostics import depth as dd
+from .depth import (
+    AnalysisSpec,
+    DataSpec,
+    DepthKind,
+    TrainSpec,
+    batch_for,
+    check_data,
+    finite_or_none,
+    load_data,
+    sorted_depths,
+)
+from .registry import Run, RunResult, register_experiment, run_key
+from .spec import SpecBase
+
+
+class CollapseSpec(SpecBase):
+    kind: Literal["collapse"] = "collapse"
+    depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+    width: PositiveInt = 32
+    seeds: PositiveInt = 2
+    seed: int = 0
+    optimizers: list[Literal["sgd", "gd", "adam"]] = Field(default_factory=lambda: ["sgd", "adam"],
+                                                          min_length=1)
+    corrections: list[float] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)
+    lr: dict[str, float] = Field(default_factory=lambda: {"sgd": 0.1, "gd": 0.1, "adam": 0.02})
+    activation: str = "tanh"
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec(steps=30)
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @field_validator("depths")
+    @classmethod
+    def _v_depths(cls, v: list[int]) -> list[int]:
+        return sorted_depths(v)
+
+    @model_validator(mode="after")
+    def _check(self):
+        for o in self.optimizers:
+            if o not in self.lr or not self.lr[o] > 0:
+                raise ValueError(f"lr.{o}: a positive learning rate is needed for optimizer {o}")
+        if any(c < 0 for c in self.corrections):
+            raise ValueError("corrections must be >= 0")
+        check_data(self.data)
+        return self
+
+
+class Collapse(DepthKind):
+    spec_model = CollapseSpec
+
+    def expand(self, spec: CollapseSpec) -> list[Run]:
+        runs = []
+        for opt in spec.optimizers:
+            for corr in spec.corrections:
+                for L in spec.depths:
+                    base = {"kind": "collapse", "optimizer": opt, "correction": float(corr), "L": L,
+                            "width": spec.width, "lr": spec.lr[opt], "activation": spec.activation,
+                            "dtype": spec.dtype, "data": spec.data.model_dump(mode="json"),
+                            "train": spec.train.model_dump(mode="json")}
+                    group = run_key(base)
+                    W = spec.width
+                    for rep in range(spec.seeds):
+                        runs.append(Run("collapse", {**base, "seed": spec.seed + rep}, group=group,
+                                        cost=6.0 * L * W * W * spec.data.n_train * spec.train.steps,
+                                        mem=6.0 * L * W * W * 8,
+                                        label=f"{opt} c={corr} L={L} seed={rep}"))
+        return runs
+
+    def _execute(self, runs: list[Run]) -> list[RunResult]:
+        c = runs[0].config
+        t0 = time.perf_counter()
+        data = load_data(c["data"])
+        t = c["train"]
+        df = dd.first_layer_collapse(
+            data, depths=[c["L"]], width=c["width"], seeds=[r.config["seed"] for r in runs],
+            optimizers=[c["optimizer"]], corrections=[c["correction"]], lr=c["lr"], steps=t["steps"],
+            batch_size=batch_for(t["batch_size"], data) if c["optimizer"] != "gd" else None, loss=t["loss"],
+            activation=c["activation"], dtype=c["dtype"])
+        sec = (time.perf_counter() - t0) / len(runs)
+        out = []
+        for run, row in zip(runs, df.to_dict("records"), strict=True):
+            metrics = {k: finite_or_none(row[k]) for k in row if k.startswith("d") and k != "diverged"}
+            metrics.update(loss0=finite_or_none(row["loss0"]), loss_final=finite_or_none(row["loss_final"]))
+            out.append(RunResult(run.key, "diverged" if row["diverged"] else "done", metrics,
+                                 seconds=sec))
+        return out
+
+    def table(self, spec, store) -> pd.DataFrame:
+        rows = []
+        for rec in self.records(spec, store):
+            c = rec.config
+            row = {"optimizer": c["optimizer"], "correction": c["correction"], "L": c["L"],
+                   "seed": c["seed"], "diverged": rec.status != "done"}
+            for k, v in rec.metrics.items():
+                row[k] = np.nan if v is None else float(v)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def analyse(self, spec, store):
+        df = self.table(spec, store)
+        if df.empty:
+            return {"table": df, "summary": df, "fits": pd.DataFrame()}
+        mets = [*dd.COLLAPSE_METRICS, "dp_own_first", "dh_first"]
+        by = ["optimizer", "correction"]
+        return {"table": df, "summary": dd.summarize_by_depth(df, [*mets, "loss_final"], by=by),
+                "fits": dd.fit_depth_exponents(df, mets, by=by, n_boot=spec.analysis.n_boot)}
+
+    def report(self, spec, store, analysis, figure_dir):
+        from ..report.depth import fits_paragraph, plot_vs_depth
+        from ..report.figures import save
+        from ..report.report import Section
+
+        s = Section("First-layer collapse of depth-muP and the depth-aware correction",
+                    ["Two-layer blocks under depth-muP (correction 0) and depth-muP-corrected (U lr "
+                     "times L^c): RMS feature changes after K steps, averaged over blocks. dp_own = "
+                     "m_U dU^T h (the first internal layer's own update), dp = total pre-activation "
+                     "change, dh = block output change, dbranch = branch output change."])
+        if analysis["table"].empty:
+            return [s]
+        s.paragraphs += fits_paragraph(analysis["fits"], ["optimizer", "correction"])
+        s.tables.append(("Per depth (mean, std over seeds)", analysis["summary"]))
+        s.tables.append(("Fitted exponents", analysis["fits"]))
+        fig = plot_vs_depth(analysis["table"], ["dp_own", "dh"], ["optimizer", "correction"],
+                            title="Feature updates vs depth; legend: optimizer, correction c (U lr x L^c)",
+                            guides={"dp_own": [(-0.5, "L^-1/2 (depth-muP prediction)"),
+                                               (0.0, "L^0 (corrected)")]})
+        s.figures.append(save(fig,
+                              figure_dir, "collapse", "Feature updates vs depth"))
+        return [s]
+
+    def summary(self, spec, analysis) -> list[str]:
+        f = analysis["fits"]
+        return [f"{r.optimizer} correction={r.correction:g}: {r.metric} ~ L^{r.exponent:+.3f}"
+                for r in f.itertuples() if r.metric in ("dp_own", "dh")]
+
+
+register_experiment("collapse", Collapse())

@@ -1,0 +1,118 @@
+"""What the depth kinds (``gia-gap``, ``collapse``, ``transfer``; docs/depth.md) share: the data
+they train on (:class:`DataSpec`, :func:`load_data`), the training and analysis sections of their
+specs, and :class:`DepthKind`, whose tasks run on one torch thread at small widths."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from ..training.data import Dataset, digits, gaussian_data
+from ..training.trainer import threads
+from .registry import ExperimentKind, Run, RunResult
+from .spec import StrictModel
+
+#: widths up to which a task runs on one torch thread (tiny GEMMs: more threads only contend,
+#: badly so on a busy machine; see training.trainer.SMALL_WORK)
+ONE_THREAD_WIDTH = 64
+
+
+# ------------------------------------------------------------------------------ data
+class DataSpec(StrictModel):
+    """``digits`` (sklearn, train/test split), ``teacher`` (Gaussian inputs, targets of a random
+    tanh network, train/test), ``gaussian`` (i.i.d. targets) or ``cifar10`` (from ``dir``)."""
+
+    kind: Literal["digits", "teacher", "gaussian", "cifar10"] = "digits"
+    n_train: PositiveInt = 256
+    n_test: PositiveInt = 256
+    seed: int = 0
+    d_in: PositiveInt = 16
+    d_out: PositiveInt = 4
+    dir: str | None = None
+    pool: PositiveInt = 4
+    grayscale: bool = False
+
+
+def teacher_data(n_train: int = 256, n_test: int = 256, d_in: int = 16, d_out: int = 4,
+                 hidden: int = 64, seed: int = 0) -> Dataset:
+    """Synthetic regression: ``x ~ N(0, I_{d_in})``, ``y = A tanh(B x / sqrt(d_in)) / sqrt(hidden)``
+    with ``A (d_out, hidden)``, ``B (hidden, d_in)`` standard Gaussian; train and test splits."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((d_out, hidden))
+    Bm = rng.standard_normal((hidden, d_in))
+    X = rng.standard_normal((n_train + n_test, d_in))
+    Y = np.tanh(X @ Bm.T / math.sqrt(d_in)) @ A.T / math.sqrt(hidden)
+    return Dataset(X[:n_train], Y[:n_train], name=f"teacher(seed={seed})", X_test=X[n_train:],
+                   Y_test=Y[n_train:], info={"hidden": hidden})
+
+
+def load_data(d: dict[str, Any]) -> Dataset:
+    """The :class:`Dataset` of a :class:`DataSpec` (as a dict)."""
+    kind = d["kind"]
+    if kind == "digits":
+        return digits(n_train=d["n_train"], seed=d["seed"])
+    if kind == "teacher":
+        return teacher_data(d["n_train"], d["n_test"], d["d_in"], d["d_out"], seed=d["seed"])
+    if kind == "gaussian":
+        return gaussian_data(d["n_train"], d["d_in"], d["d_out"], d["seed"])
+    if kind == "cifar10":
+        from ..training.cifar import cifar10
+
+        return cifar10(d.get("dir"), n_train=d["n_train"], n_test=d["n_test"], seed=d["seed"],
+                       grayscale=d["grayscale"], pool=d["pool"])
+    raise ValueError(f"data.kind: unknown data kind {kind!r}")
+
+
+def check_data(data: DataSpec) -> None:
+    """Fail at spec time (one line) when CIFAR-10 is requested but not on disk."""
+    if data.kind == "cifar10":
+        from ..training.cifar import _locate
+
+        _locate(data.dir)
+
+
+class TrainSpec(StrictModel):
+    steps: PositiveInt = 100
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["gd", "sgd", "adam"] = "sgd"
+    batch_size: PositiveInt | None = 64
+    loss: Literal["sum", "mean"] = "sum"
+
+
+class AnalysisSpec(StrictModel):
+    n_boot: int = Field(1000, ge=0)
+
+
+def sorted_depths(v: list[int]) -> list[int]:
+    """A spec's depths, sorted and without repeats (at least one, all positive)."""
+    if not v:
+        raise ValueError("must list at least one depth")
+    if any(x < 1 for x in v):
+        raise ValueError("depths must be positive")
+    return sorted(set(v))
+
+
+def batch_for(batch_size: int | None, data: Dataset) -> int | None:
+    """Minibatch size capped at the number of samples (``None``: full batch)."""
+    return None if batch_size is None else min(int(batch_size), data.N)
+
+
+def finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class DepthKind(ExperimentKind):
+    """The depth kinds: a task (runs of one width) executes on one torch thread up to
+    :data:`ONE_THREAD_WIDTH` (the project's thread budget, :func:`reslim.threads`), on the current
+    count above."""
+
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        with threads(1 if runs[0].config["width"] <= ONE_THREAD_WIDTH else None):
+            return self._execute(runs)
+
+    def _execute(self, runs: list[Run]) -> list[RunResult]:
+        raise NotImplementedError
