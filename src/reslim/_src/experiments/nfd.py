@@ -1,0 +1,253 @@
+"""The ``nfd`` experiment (docs/experiments.md "nfd"; docs/limits.md "NFD"): finite one-layer-block
+ResNets against the Neural Feature Dynamics limit (:mod:`reslim._src.limits.nfd`).
+
+Runs (all stage 1; the analysis compares the stored outputs, so no run waits for another):
+
+- ``nfd`` (one per dataset and depth grid L): the limit on the L-grid, outputs (K+1, P, d_out),
+  their replica standard errors, the loss.
+- ``finite`` (one per dataset, parameterization, training mode, depth L, width D and repetition;
+  the repetitions of a cell train together as one batch of networks): the outputs of reslim's
+  ``ResNet(block="one-layer")`` trained by :func:`reslim.train` (ordinary backprop, or the GIA mode
+  of issue 6 when ``gia``), with the options of :func:`reslim.limits.nfd_network_options`.
+
+Sweeps: ``width`` (D over ``widths`` at depth ``width_depth``, depth-muP, ordinary and GIA),
+``depth`` (L over ``depths`` at width ``depth_width``, depth-muP, ordinary and GIA) and ``mup``
+(the same depth sweep under muP, ordinary training). The errors and fits are in
+:mod:`reslim._src.report.nfd`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .spec import SpecBase, StrictModel
+
+
+class NFDDataSpec(StrictModel):
+    """``synthetic``: X (P + P_test, d_in) i.i.d. N(0, 1), Y = sin(2 x.a) (d_out = 1), a a random unit
+    vector; ``digits``: scikit-learn's 8x8 digits (reslim.digits, one-hot targets, d_out = 10).
+    Rows of X are scaled to norm ``x_norm``."""
+
+    kind: Literal["synthetic", "digits"] = "synthetic"
+    P: PositiveInt = 8
+    P_test: int = Field(16, ge=0)
+    d_in: PositiveInt = Field(4, description="synthetic only")
+    x_norm: float = Field(1.0, gt=0, allow_inf_nan=False)
+    seed: int = 0
+
+
+class NFDTrainSpec(StrictModel):
+    steps: PositiveInt = 8
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    optimizer: Literal["gd", "sgd"] = "gd"
+    batch_size: PositiveInt | None = Field(None, description="sgd minibatch size")
+    data_seed: int = 0
+    loss: Literal["sum", "mean"] = "sum"
+
+
+class NFDSolverSpec(StrictModel):
+    L: PositiveInt = Field(64, description="depth grid of the reference limit")
+    particles: PositiveInt = 4096
+    replicas: PositiveInt = 4
+    seed: int = 0
+
+
+class NFDAnalysisSpec(StrictModel):
+    n_boot: int = Field(500, ge=0)
+
+
+class NFDSpec(SpecBase):
+    """Spec of the ``nfd`` kind."""
+
+    kind: Literal["nfd"] = "nfd"
+    datasets: list[NFDDataSpec] = Field(default_factory=lambda: [NFDDataSpec()], min_length=1)
+    activation: Literal["tanh", "gelu", "relu", "identity"] = "tanh"
+    widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
+    width_depth: PositiveInt = 8
+    depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32], min_length=1)
+    depth_width: PositiveInt = 256
+    repetitions: PositiveInt = 4
+    seed: int = 0
+    sweeps: list[Literal["width", "depth", "mup"]] = Field(
+        default_factory=lambda: ["width", "depth", "mup"], min_length=1)
+    modes: list[Literal["ordinary", "gia"]] = Field(default_factory=lambda: ["ordinary", "gia"], min_length=1)
+    train: NFDTrainSpec = Field(default_factory=NFDTrainSpec)
+    nfd: NFDSolverSpec = Field(default_factory=NFDSolverSpec)
+    analysis: NFDAnalysisSpec = Field(default_factory=NFDAnalysisSpec)
+
+    @field_validator("widths", "depths")
+    @classmethod
+    def _sorted(cls, v):
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _check(self) -> NFDSpec:
+        if self.nfd.particles % self.nfd.replicas or self.nfd.particles // self.nfd.replicas < 2:
+            raise ValueError("nfd.particles must be a multiple of nfd.replicas (at least 2 each)")
+        if self.train.optimizer == "sgd":
+            if self.train.batch_size is None:
+                raise ValueError("train.batch_size: sgd needs a minibatch size")
+            for d in self.datasets:
+                if self.train.batch_size > d.P:
+                    raise ValueError(f"train.batch_size must be <= every dataset's P ({d.P})")
+        if self.nfd.L < max(self.depths + [self.width_depth]):
+            raise ValueError("nfd.L: the reference grid must be at least as fine as the deepest network")
+        return self
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+def make_data(c: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``X, Y, X_test, Y_test`` of a dataset config (rows of X scaled to norm ``x_norm``)."""
+    P, Pt = c["P"], c["P_test"]
+    if c["kind"] == "digits":
+        from ..training.data import digits
+
+        d = digits(seed=c["seed"])
+        if P > d.N or Pt > d.X_test.shape[0]:
+            raise ValueError(f"digits has {d.N} training and {d.X_test.shape[0]} test samples")
+        X, Y, Xt, Yt = d.X[:P], d.Y[:P], d.X_test[:Pt], d.Y_test[:Pt]
+    else:
+        rng = np.random.default_rng(c["seed"])
+        Xa = rng.standard_normal((P + Pt, c["d_in"]))
+        a = rng.standard_normal(c["d_in"])
+        a /= np.linalg.norm(a)
+        Xa = Xa / np.linalg.norm(Xa, axis=1, keepdims=True)
+        Ya = np.sin(2.0 * np.sqrt(c["d_in"]) * Xa @ a)[:, None]
+        X, Y, Xt, Yt = Xa[:P], Ya[:P], Xa[P:], Ya[P:]
+
+    def scale(A):
+        n = np.linalg.norm(A, axis=1, keepdims=True)
+        return c["x_norm"] * A / np.where(n > 0, n, 1.0)
+
+    return {"X": scale(X), "Y": Y, "X_test": scale(Xt) if Pt else None, "Y_test": Yt if Pt else None}
+
+
+def problem(c: dict[str, Any]):
+    """The :class:`NFDProblem` of a run config (its ``data``, ``train`` and ``activation``)."""
+    from ..limits.nfd import NFDProblem
+
+    d, tr = make_data(c["data"]), c["train"]
+    return NFDProblem(d["X"], d["Y"], steps=tr["steps"], lr=tr["lr"], optimizer=tr["optimizer"],
+                      batch_size=tr["batch_size"], data_seed=tr["data_seed"], loss=tr["loss"],
+                      activation=c["activation"], X_test=d["X_test"], Y_test=d["Y_test"])
+
+
+def _list(a) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float).ravel()]
+
+
+def cells(spec: NFDSpec) -> list[tuple[str, str, int, int]]:
+    """The finite-network cells ``(param, mode, L, D)`` of the spec's sweeps."""
+    out = []
+    if "width" in spec.sweeps:
+        out += [("depth-mup", m, spec.width_depth, D) for m in spec.modes for D in spec.widths]
+    if "depth" in spec.sweeps:
+        out += [("depth-mup", m, L, spec.depth_width) for m in spec.modes for L in spec.depths]
+    if "mup" in spec.sweeps:
+        out += [("mup", "ordinary", L, spec.depth_width) for L in spec.depths]
+    return sorted(set(out), key=lambda c: (c[0], c[1], c[2], c[3]))
+
+
+def grids(spec: NFDSpec) -> list[int]:
+    """Depth grids the limit is solved on: the reference, the width sweep's depth, every depth."""
+    return sorted({spec.nfd.L, spec.width_depth, *spec.depths})
+
+
+class NFDExperiment(ExperimentKind):
+    spec_model = NFDSpec
+    report_module = "reslim._src.report.nfd"
+
+    def common(self, spec: NFDSpec, data: NFDDataSpec) -> dict[str, Any]:
+        return {"kind": self.name, "data": data.model_dump(mode="json"),
+                "train": spec.train.model_dump(mode="json"),
+                "activation": spec.activation, "dtype": spec.dtype}
+
+    def expand(self, spec: NFDSpec) -> list[Run]:
+        runs = []
+        K = spec.train.steps
+        for i, data in enumerate(spec.datasets):
+            base = self.common(spec, data)
+            P = data.P + data.P_test
+            for L in grids(spec):
+                cfg = {**base, "role": "nfd", "dataset": i, "L": L,
+                       "solver": spec.nfd.model_dump(mode="json")}
+                cost = 4.0 * spec.nfd.particles * L * K * P * (K * data.P + P)
+                runs.append(Run(self.name, cfg, group=run_key(cfg), stage=1, cost=cost,
+                                mem=8.0 * 4 * spec.nfd.particles / spec.nfd.replicas * L * K * data.P,
+                                label=f"NFD (dataset {i}, L={L})"))
+            for param, mode, L, D in cells(spec):
+                for r in range(spec.repetitions):
+                    cfg = {**base, "role": "finite", "dataset": i, "param": param, "gia": mode == "gia",
+                           "L": L, "D": D, "rep": r, "seed": _seed(spec.seed, i, L, D, r)}
+                    batch = {k: v for k, v in cfg.items() if k not in ("rep", "seed")}
+                    cost = 4.0 * L * D * D * data.P * K * (3 if mode == "gia" else 1) + 1e5
+                    runs.append(Run(self.name, cfg, group=run_key(batch), stage=1, cost=cost,
+                                    mem=8.0 * L * D * D * (2 if mode == "gia" else 1),
+                                    label=f"{param} {mode} (dataset {i}, L={L}, D={D})"))
+        return runs
+
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        if runs[0].config["role"] == "nfd":
+            return [self._nfd(r) for r in runs]
+        return self._finite(runs)
+
+    def _nfd(self, run: Run) -> RunResult:
+        from ..limits.nfd import NFDLimit
+
+        c = run.config
+        s = c["solver"]
+        t0 = time.perf_counter()
+        traj = NFDLimit(L=c["L"], particles=s["particles"], replicas=s["replicas"], seed=s["seed"],
+                        dtype=c["dtype"]).solve(problem(c))
+        m = traj.meta
+        div = int(traj.diverged_at[0])
+        arrays = {"outputs": traj.outputs[:, 0], "output_stderr": m["output_stderr"][:, 0],
+                  "replica_outputs": m["replica_outputs"]}
+        if "test_outputs" in m:
+            arrays["test_outputs"] = m["test_outputs"][:, 0]
+        metrics = {"loss": _list(traj.loss[:, 0]), "loss_stderr": _list(m["loss_stderr"][:, 0]),
+                   "diverged_at": div,
+                   "test_loss": None if traj.test_loss is None else _list(traj.test_loss[:, 0])}
+        return RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays,
+                         seconds=time.perf_counter() - t0)
+
+    def _finite(self, runs: list[Run]) -> list[RunResult]:
+        from ..limits.nfd import nfd_network_options
+        from ..models.resnet import ResNet
+        from ..scaling.parameterization import get_parameterization
+        from ..training.data import Dataset
+        from ..training.trainer import train
+
+        t0 = time.perf_counter()
+        c = runs[0].config
+        pb = problem(c)
+        opts = nfd_network_options(pb)
+        model_kw = dict(opts["model"])
+        if c["param"] != "depth-mup":
+            model_kw["param"] = get_parameterization(c["param"])
+        d = make_data(c["data"])
+        data = Dataset(d["X"], d["Y"], X_test=d["X_test"], Y_test=d["Y_test"])
+        net = ResNet((c["L"], c["D"], c["D"]), seeds=[r.config["seed"] for r in runs], dtype=c["dtype"],
+                     **model_kw)
+        record = ("loss", "outputs") + (("test_loss",) if d["X_test"] is not None else ())
+        traj = train(net, data, gia=c["gia"], record=record, **opts["train"])
+        seconds = (time.perf_counter() - t0) / len(runs)
+        out = []
+        for b, run in enumerate(runs):
+            div = int(traj.diverged_at[b])
+            metrics = {"loss": _list(traj.loss[:, b]), "diverged_at": div,
+                       "test_loss": None if traj.test_loss is None else _list(traj.test_loss[:, b])}
+            out.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics,
+                                 {"outputs": traj.outputs[:, b]}, seconds=seconds))
+        return out
+
+
+register_experiment("nfd", NFDExperiment())

@@ -1,0 +1,321 @@
+"""Analysis, figures and report sections of the ``nfd`` experiment kind (docs/experiments.md "nfd"):
+(b) finite one-layer depth-muP networks against the Neural Feature Dynamics limit, with fitted
+exponents in width and depth, (c) the same with GIA training, (d) muP without depth scaling.
+
+A leaf renderer: it reads the store through the kind it is handed and imports nothing from
+``reslim._src.experiments``. Figures use matplotlib's object API (``Figure``), no pyplot state.
+
+Errors (RMS over the steps 1..K, the training points and the outputs): a finite run's outputs
+against the limit's, ``E = RMS(f_net - f_NFD)``; per cell the RMS over repetitions. The width sweep
+is compared with the limit on its own depth grid (the width error alone); the depth sweeps with the
+reference grid ``nfd.L`` (width and depth error together). ``E_mean``: the error of the mean over
+repetitions (the systematic part); ``cauchy``: RMS between the repetition means at consecutive
+depths. The limit's own depth error: the limit on grid L against the reference grid, per replica.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .report import FigureRef, Section, atomic_write, verdict_note
+
+
+@dataclass
+class NFDAnalysis:
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (dataset, param, mode, L, D)
+    grid: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (dataset, L): the limit's depth error
+    fits: pd.DataFrame = field(default_factory=pd.DataFrame)  # exponents with intervals
+    curves: dict = field(default_factory=dict)  # dataset -> {label: (loss (K+1,), band or None)}
+    counts: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def _arr(v) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def _err(a: np.ndarray, b: np.ndarray) -> float:
+    d = (a - b)[1:]
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def analyse(kind, spec, store) -> NFDAnalysis:
+    from ... import measure
+
+    res = NFDAnalysis()
+    recs = kind.records(spec, store)
+    for r in recs:
+        role = r.config["role"]
+        res.counts.setdefault(role, {}).setdefault(r.status, 0)
+        res.counts[role][r.status] += 1
+        res.seconds[role] = res.seconds.get(role, 0.0) + float(getattr(r, "seconds", 0.0) or 0.0)
+    rows, grid_rows, fits = [], [], []
+    for i, _ in enumerate(spec.datasets):
+        lim = {r.config["L"]: r for r in recs if r.config["role"] == "nfd" and r.config["dataset"] == i
+               and r.status == "done"}
+        if spec.nfd.L not in lim:
+            continue
+        arrays = {L: store.arrays(r.key) for L, r in lim.items()}
+        ref = arrays[spec.nfd.L]["outputs"]
+        curves = {f"NFD (L-grid {spec.nfd.L})": (_arr(lim[spec.nfd.L].metrics["loss"]),
+                                                   _arr(lim[spec.nfd.L].metrics["loss_stderr"]))}
+        # the limit's own depth error, per replica (replica r of grid L against the reference mean)
+        Ls = sorted(L for L in lim if L < spec.nfd.L and L in spec.depths)
+        if Ls:
+            per_rep = np.array([[_err(rep, ref) for rep in arrays[L]["replica_outputs"]] for L in Ls])
+            for L, e in zip(Ls, per_rep, strict=True):
+                floor = float(np.sqrt(np.mean(arrays[L]["output_stderr"][1:] ** 2)))
+                grid_rows.append({"dataset": i, "L": L, "error": float(np.sqrt(np.mean(e**2))),
+                                  "replica floor": floor})
+            _fit(measure, fits, {"dataset": i, "sweep": "depth", "param": "NFD grid", "mode": "N = oo",
+                                 "theory": "-1"}, Ls, per_rep, spec)
+        fin = [r for r in recs if r.config["role"] == "finite" and r.config["dataset"] == i]
+        groups: dict = {}
+        for r in fin:
+            key = (r.config["param"], "gia" if r.config["gia"] else "ordinary", r.config["L"], r.config["D"])
+            groups.setdefault(key, []).append(r)
+        for (param, mode, L, D), rs in sorted(groups.items()):
+            ok = [r for r in rs if r.status == "done"]
+            outs = [store.arrays(r.key)["outputs"] for r in ok]
+            target_w = arrays[L]["outputs"] if L in arrays else None
+            e_ref = [_err(o, ref) for o in outs]
+            e_w = [_err(o, target_w) for o in outs] if target_w is not None else []
+            mean = np.mean(outs, axis=0) if outs else None
+            losses = np.array([_arr(r.metrics["loss"]) for r in ok]) if ok else np.zeros((0, 1))
+            rows.append({"dataset": i, "param": param, "mode": mode, "L": L, "D": D, "n": len(ok),
+                         "diverged": len(rs) - len(ok),
+                         "E vs ref": float(np.sqrt(np.mean(np.square(e_ref)))) if ok else math.nan,
+                         "E vs same-L NFD": float(np.sqrt(np.mean(np.square(e_w)))) if e_w else math.nan,
+                         "E_mean vs ref": _err(mean, ref) if mean is not None else math.nan,
+                         "loss final": float(np.mean(losses[:, -1])) if ok else math.nan,
+                         "_e_ref": e_ref, "_e_w": e_w})
+        df = pd.DataFrame(rows)
+        cur = df[df["dataset"] == i] if len(df) else df
+        # fits
+        if "width" in spec.sweeps:
+            for mode in spec.modes:
+                sel = cur[(cur["param"] == "depth-mup") & (cur["mode"] == mode)
+                          & (cur["L"] == spec.width_depth)]
+                sel = sel[sel["D"].isin(spec.widths)].sort_values("D")
+                _fit_cells(measure, fits, {"dataset": i, "sweep": "width", "param": "depth-mup", "mode": mode,
+                                           "theory": "-1/2"}, sel, "D", "_e_w", spec)
+        for sweep, param, modes, theory in (("depth", "depth-mup", spec.modes, "-1"),
+                                            ("mup", "mup", ["ordinary"], "")):
+            if sweep not in spec.sweeps:
+                continue
+            for mode in modes:
+                sel = cur[(cur["param"] == param) & (cur["mode"] == mode) & (cur["D"] == spec.depth_width)]
+                sel = sel[sel["L"].isin(spec.depths)].sort_values("L")
+                _fit_cells(measure, fits, {"dataset": i, "sweep": sweep, "param": param, "mode": mode,
+                                           "theory": theory}, sel, "L", "_e_ref", spec)
+        # loss curves: the largest depth-sweep networks of each (param, mode)
+        deep = cur[cur["D"] == spec.depth_width] if len(cur) else cur
+        for (param, mode), g in (deep.groupby(["param", "mode"]) if len(deep) else []):
+            Lmax = int(g["L"].max())
+            rs = [r for r in groups.get((param, mode, Lmax, spec.depth_width), []) if r.status == "done"]
+            if rs:
+                ls = np.array([_arr(r.metrics["loss"]) for r in rs])
+                curves[f"{param} {mode} (L={Lmax}, D={spec.depth_width})"] = (ls.mean(axis=0), None)
+        res.curves[i] = curves
+    cells = pd.DataFrame(rows)
+    if len(cells):
+        cells = cells.drop(columns=["_e_ref", "_e_w"])
+        cells["cauchy (next L)"] = _cauchy_column(cells, recs, store, spec)
+    res.cells, res.grid, res.fits = cells, pd.DataFrame(grid_rows), pd.DataFrame(fits)
+    return res
+
+
+def _cauchy_column(cells: pd.DataFrame, recs, store, spec) -> list[float]:
+    means = {}
+    for r in recs:
+        if r.config["role"] != "finite" or r.status != "done":
+            continue
+        key = (r.config["dataset"], r.config["param"], "gia" if r.config["gia"] else "ordinary",
+               r.config["L"], r.config["D"])
+        means.setdefault(key, []).append(store.arrays(r.key)["outputs"])
+    means = {k: np.mean(v, axis=0) for k, v in means.items()}
+    out = []
+    for row in cells.to_dict("records"):
+        key = (row["dataset"], row["param"], row["mode"], row["L"], row["D"])
+        deeper = sorted(L for (d, p, m, L, D) in means if (d, p, m, D) == (key[0], key[1], key[2], key[4])
+                        and L > key[3] and L in spec.depths)
+        if row["D"] != spec.depth_width or row["L"] not in spec.depths or not deeper:
+            out.append(math.nan)
+            continue
+        out.append(_err(means[key], means[(key[0], key[1], key[2], deeper[0], key[4])]))
+    return out
+
+
+def _fit(measure, fits: list, head: dict, xs, err: np.ndarray, spec) -> None:
+    try:
+        f = measure.fit_power_law(np.asarray(xs, float), err, n_boot=spec.analysis.n_boot, seed=spec.seed)
+    except ValueError:
+        return
+    fits.append({**head, "exponent": f.exponent, "CI low": f.exponent_ci[0], "CI high": f.exponent_ci[1],
+                 "constant": f.constant, "points": f.n_points})
+
+
+def _fit_cells(measure, fits, head, sel: pd.DataFrame, axis: str, col: str, spec) -> None:
+    if len(sel) < 2:
+        return
+    R = min(len(v) for v in sel[col])
+    if R < 1:
+        return
+    err = np.array([np.asarray(v[:R], float) for v in sel[col]])
+    _fit(measure, fits, head, sel[axis].to_numpy(), err, spec)
+
+
+def summary_lines(res: NFDAnalysis) -> list[str]:
+    lines = ["nfd: finite one-layer ResNets vs the Neural Feature Dynamics limit"]
+    for r in res.fits.to_dict("records"):
+        theory = -0.5 if r["theory"] == "-1/2" else -1.0
+        note = verdict_note(theory, r["CI low"], r["CI high"]) if r["theory"] else ""
+        lines.append(f"  dataset {r['dataset']} {r['sweep']} sweep, {r['param']} {r['mode']}: error ~ "
+                     f"{'D' if r['sweep'] == 'width' else 'L'}^{r['exponent']:+.3f} "
+                     f"[{r['CI low']:+.3f}, {r['CI high']:+.3f}]"
+                     + (f" (theory {r['theory']}; {note})" if r["theory"] else " (no limit: expect >= 0)"))
+    return lines
+
+
+def _save(fig, fig_dir, name: str, caption: str) -> FigureRef:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = fig_dir / f"{name}.png", fig_dir / f"{name}.svg"
+    for path, opts in ((png, {"dpi": 120}), (svg, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **opts)
+        atomic_write(path, buf.getvalue())
+    return FigureRef(png, caption, svg)
+
+
+def _axes(figsize=(6.2, 4.4)):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
+    tr = spec.train
+    data_txt = "; ".join(
+        f"dataset {i}: {d.kind} (P = {d.P}, P_test = {d.P_test}"
+        + (f", d_in = {d.d_in}" if d.kind == "synthetic" else "") + f", |x| = {d.x_norm:g})"
+        for i, d in enumerate(spec.datasets))
+    intro = Section("Neural Feature Dynamics: finite one-layer ResNets against their limit", [
+        f"{data_txt}. Training: {tr.optimizer} (lr eta = {tr.lr:g}, network lr eta D on every W^l"
+        + (f", minibatch {tr.batch_size}" if tr.optimizer == "sgd" else "")
+        + f"), {tr.steps} steps, loss {tr.loss}, activation {spec.activation}; one-layer blocks "
+        "h^{l+1} = h^l + L^-1/2 D^-1/2 W^l phi(h^l), frozen embedding, readout W_u^T h^L / D (reslim's "
+        "depth-mup preset, gamma_0 = 1). The limit: reslim.limits.NFDLimit (docs/limits.md), "
+        f"{spec.nfd.particles} particles in {spec.nfd.replicas} replicas, Euler-Maruyama on the depth grid.",
+        "Errors: RMS over steps 1..K, training points and outputs of f_net - f_NFD; fits by log-log "
+        "least squares with 95% bootstrap intervals over repetitions (reslim.measure.fit_power_law).",
+        f"Runs: {res.counts}; seconds by role: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + "."])
+    out = [intro]
+    fits = res.fits
+    b = Section("(b, c) Width and depth: finite networks approach the NFD", [
+        "Width sweep at fixed depth against the limit on the same depth grid (the width error alone; "
+        "theory -1/2). Depth sweep at fixed width against the reference grid (width and depth error "
+        "together). `NFD grid`: the limit on grid L against the reference grid (the depth error of "
+        "infinite-width GIA networks; theory -1, the paper's O(1/L)). `gia`: the GIA training mode "
+        "(independent backward weights) of reslim.train."])
+    if len(fits):
+        b.tables.append(("Fitted exponents", fits[fits["sweep"] != "mup"]))
+    if len(res.grid):
+        b.tables.append(("The limit's depth error (NFD grid L vs the reference grid)", res.grid))
+    if len(res.cells):
+        b.tables.append(("Errors per cell", res.cells[res.cells["param"] == "depth-mup"]))
+    for i in range(len(spec.datasets)):
+        if "width" in spec.sweeps and len(res.cells):
+            b.figures.append(_sweep_figure(spec, res, i, "D", fig_dir))
+        if "depth" in spec.sweeps and len(res.cells):
+            b.figures.append(_sweep_figure(spec, res, i, "L", fig_dir))
+    out.append(b)
+    if "mup" in spec.sweeps and len(res.cells):
+        d = Section("(d) muP without depth scaling: no limit in depth", [
+            "The same depth sweep under muP (branch multiplier 1 instead of L^-1/2): the error against the "
+            "NFD "
+            "and the distance between consecutive depths (cauchy) do not shrink with L."])
+        if len(fits):
+            d.tables.append(("Fitted exponents", fits[fits["sweep"] == "mup"]))
+        d.tables.append(("Errors per cell", res.cells[res.cells["param"] == "mup"]))
+        out.append(d)
+    if res.curves:
+        out.append(Section("Training loss", [
+            "The limit's loss (band: 2 replica standard errors) against the deepest networks of each sweep."],
+            figures=[_loss_figure(res, i, fig_dir) for i in res.curves]))
+    return out
+
+
+def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureRef:
+    fig, ax = _axes()
+    c = res.cells[res.cells["dataset"] == i]
+    col = "E vs same-L NFD" if axis == "D" else "E vs ref"
+    styles = {("depth-mup", "ordinary"): ("C0", "o-"), ("depth-mup", "gia"): ("C1", "s-"),
+              ("mup", "ordinary"): ("C3", "^-")}
+    for (param, mode), (color, fmt) in styles.items():
+        if axis == "D":
+            sel = c[(c["param"] == param) & (c["mode"] == mode) & (c["L"] == spec.width_depth)
+                    & c["D"].isin(spec.widths)]
+        else:
+            sel = c[(c["param"] == param) & (c["mode"] == mode) & (c["D"] == spec.depth_width)
+                    & c["L"].isin(spec.depths)]
+        sel = sel.sort_values(axis)
+        if not len(sel):
+            continue
+        ax.plot(sel[axis], sel[col], fmt, color=color, ms=4, label=f"{param} {mode}")
+        sweep = "width" if axis == "D" else ("mup" if param == "mup" else "depth")
+        f = _fit_row(res.fits, i, sweep, param, mode)
+        if f is not None:
+            x = sel[axis].to_numpy(float)
+            ax.plot(x, f["constant"] * x ** f["exponent"], "--", color=color, lw=0.9,
+                    label=f"fit {f['exponent']:+.2f} [{f['CI low']:+.2f}, {f['CI high']:+.2f}]")
+    if axis == "L" and len(res.grid):
+        g = res.grid[res.grid["dataset"] == i]
+        ax.plot(g["L"], g["error"], "k.-", label="NFD grid L (N = oo)")
+        f = _fit_row(res.fits, i, "depth", "NFD grid", "N = oo")
+        if f is not None:
+            x = g["L"].to_numpy(float)
+            ax.plot(x, f["constant"] * x ** f["exponent"], "k--", lw=0.8, label=f"fit {f['exponent']:+.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width D" if axis == "D" else "depth L")
+    ax.set_ylabel("RMS output error vs the NFD")
+    ax.set_title(f"dataset {i}: " + (f"width sweep at L = {spec.width_depth}" if axis == "D"
+                                     else f"depth sweep at D = {spec.depth_width}"), fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.25)
+    name = f"nfd-{'width' if axis == 'D' else 'depth'}-{i}"
+    what = "width" if axis == "D" else "depth"
+    return _save(fig, fig_dir, name, f"dataset {i}: error against the NFD vs {what}; "
+                 "dashed: fitted power laws")
+
+
+def _fit_row(fits: pd.DataFrame, i, sweep, param, mode):
+    if not len(fits):
+        return None
+    f = fits[(fits["dataset"] == i) & (fits["sweep"] == sweep) & (fits["param"] == param)
+             & (fits["mode"] == mode)]
+    return None if not len(f) else f.iloc[0]
+
+
+def _loss_figure(res: NFDAnalysis, i: int, fig_dir) -> FigureRef:
+    fig, ax = _axes()
+    for j, (label, (loss, se)) in enumerate(res.curves[i].items()):
+        k = np.arange(loss.size)
+        color = "k" if label.startswith("NFD") else f"C{j}"
+        ax.plot(k, loss, "-", color=color, lw=1.6 if color == "k" else 1.1, label=label)
+        if se is not None:
+            ax.fill_between(k, loss - 2 * se, loss + 2 * se, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"dataset {i}: training loss", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.25)
+    return _save(fig, fig_dir, f"nfd-loss-{i}",
+                 f"dataset {i}: the NFD's training loss and the deepest networks'")
