@@ -180,3 +180,49 @@ def _ev(rule: Monomial, env: Mapping[str, float], what: str) -> float:
 def role_rules(**rows: Any) -> dict[str, RoleScaling]:
     """``role_rules(Q=dict(init=..., mult=...), ...)``: RoleScaling rows from plain dicts."""
     return {name: v if isinstance(v, RoleScaling) else RoleScaling.of(**v) for name, v in rows.items()}
+
+
+#: The built-in MLP-block ResNet (docs/theory.md §1): ``U`` (two-layer blocks) and ``W``
+#: (one-layer blocks) are a block's input, ``V`` and ``W`` carry the branch multiplier.
+RESNET = Architecture(
+    name="resnet",
+    roles=(
+        Role("embed", "embed", "W_e", ("D", "d_in"), "input embedding"),
+        Role("U", "input", "U", ("L", "D", "M"), "two-layer block input weights"),
+        Role("V", "output", "V", ("L", "D", "M"), "two-layer block output weights"),
+        Role("W", "output", "W", ("L", "D", "D"), "one-layer block weights"),
+        Role("readout", "readout", "W_u", ("D", "d_out"), "readout"),
+    ),
+    symbols=("L", "M", "D"),
+    sizes=("d_in", "d_out"),
+    scalars=("branch",),
+    doc="residual network with perceptron blocks (theory.md §1)",
+)
+
+#: Roles every parameterization accepts for a user's module, beyond its architecture's: the
+#: module's own initialisation, multiplier 1 and the base learning rate.
+EXTRA_ROLES = (
+    Role("keep", "keep", "(any)", (), "left alone: own init, base lr"),
+    Role("bias", "bias", "(any bias)", (), "a bias: own init, base lr"),
+    Role("norm", "gain", "(a norm gain)", (), "a LayerNorm/RMSNorm gain: own init (ones), base lr"),
+)
+
+
+def architecture_of(param: Any) -> Architecture:
+    """The architecture of a parameterization: a :class:`RoleTable`'s own, else the ResNet's."""
+    return param.arch if isinstance(param, RoleTable) else RESNET
+
+
+def role_info(param: Any, role: str) -> Role:
+    """The :class:`Role` named ``role`` for ``param`` (its architecture's, or an extra role)."""
+    for r in (*architecture_of(param).roles, *EXTRA_ROLES):
+        if r.name == role:
+            return r
+    raise ValueError(f"unknown role {role!r}")
+
+
+def allowed_roles(param: Any) -> tuple[str, ...]:
+    """Role names a user may map parameters to under ``param``."""
+    names = list(architecture_of(param).role_names)
+    names += [r.name for r in EXTRA_ROLES if r.name not in names]
+    return tuple(names)

@@ -29,17 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .parameterization import ROLES, Parameterization, get_parameterization, optimizer_family
+from ..models.transformer import get_transformer_parameterization
+from .architecture import RoleTable, allowed_roles, role_info
+from .parameterization import ROLES, Parameterization, RoleScaling, get_parameterization, optimizer_family
 from .shapes import Shape
+from .user_roles import Scaled, check_shape, forward_scales, infer_shape
+from .user_roles import clean_name as _clean
 
-_COMPILE_PREFIX = "_orig_mod."
 _OPTIMIZERS = ("sgd", "gd", "adam", "adamw")
-
-
-def _clean(name: str) -> str:
-    while name.startswith(_COMPILE_PREFIX):
-        name = name[len(_COMPILE_PREFIX):]
-    return name.replace("." + _COMPILE_PREFIX, ".")
+ARCHS = ("resnet", "transformer")
 
 
 def _named(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -61,7 +59,8 @@ def _matcher(pattern: str) -> Callable[[str], bool]:
     return lambda name: name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
-def assign_roles(model: nn.Module, roles: Mapping[str, str]) -> dict[str, str]:
+def assign_roles(model: nn.Module, roles: Mapping[str, str],
+                 allowed: Iterable[str] = ROLES) -> dict[str, str]:
     """Map every parameter name of ``model`` to a role with the patterns of ``roles``.
 
     Errors (ValueError, naming the culprit): a parameter no pattern matches, a parameter two
@@ -69,9 +68,10 @@ def assign_roles(model: nn.Module, roles: Mapping[str, str]) -> dict[str, str]:
     """
     if not isinstance(roles, Mapping) or not roles:
         raise ValueError("roles must be a non-empty mapping {name pattern: role}")
+    allowed = tuple(allowed)
     for pattern, role in roles.items():
-        if role not in ROLES:
-            raise ValueError(f"roles[{pattern!r}] = {role!r} is not a role; roles are {', '.join(ROLES)}")
+        if role not in allowed:
+            raise ValueError(f"roles[{pattern!r}] = {role!r} is not a role; roles are {', '.join(allowed)}")
     matchers = [(pattern, _matcher(pattern), role) for pattern, role in roles.items()]
     used = {pattern: False for pattern in roles}
     out: dict[str, str] = {}
@@ -174,10 +174,29 @@ class ParamGroups:
                            "names": names})
         return groups
 
+    def trained_names(self) -> list[str]:
+        """Names of the parameters in the groups (the trained roles), in the module's order."""
+        return [n for n, r in self.roles.items() if r in self.trained]
+
+    def forward_scales(self, logit_in_forward: float = 1.0) -> dict[str, float]:
+        """Parameter name -> factor applied to it in the forward call: the role's multiplier,
+        times ``beta`` on output roles, times the logit factor on queries (see
+        :mod:`reslim._src.scaling.user_roles`)."""
+        return forward_scales(self, logit_in_forward)
+
+    def scaled(self, model: nn.Module, logit_in_forward: float = 1.0) -> nn.Module:
+        """``model`` with every forward multiplier applied to its parameters on each call: its
+        ``forward`` stays as written (no multipliers in it); train the returned module with
+        ``torch.optim`` on :attr:`groups`."""
+        self._check_names(_named(model))
+        return Scaled(model, self.forward_scales(logit_in_forward))
+
     @torch.no_grad()
     def init(self, model: nn.Module, seed: int | None = None) -> nn.Module:
         """Draw every mapped parameter of ``model`` i.i.d. ``N(0, init_std(role)^2)`` in place
-        (on the CPU from a generator seeded by ``seed``, then copied: device-independent)."""
+        (on the CPU from a generator seeded by ``seed``, then copied: device-independent).
+        Parameters of own-init roles (``keep``, ``bias``, ``norm`` and a table's gains and
+        biases) keep their values."""
         named = _named(model)
         self._check_names(named)
         gen = torch.Generator()
@@ -186,6 +205,8 @@ class ParamGroups:
         else:
             gen.manual_seed(int(seed))
         for name, p in named.items():
+            if role_info(self.parameterization, self.roles[name]).own_init:
+                continue  # gains, biases, "keep": the module's own values stay
             std = self.init_std[self.roles[name]]
             draw = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std
             p.copy_(draw.to(device=p.device, dtype=p.dtype))
@@ -194,15 +215,17 @@ class ParamGroups:
 
 def param_groups(
     model: nn.Module,
-    parameterization: str | Parameterization,
+    parameterization: str | Parameterization | RoleTable,
     *,
     roles: Mapping[str, str],
     lr: float,
-    shape: Shape | tuple[int, int, int] | str,
+    shape: Shape | tuple[int, int, int] | str | None = None,
     optimizer: str = "sgd",
     d_in: int | None = None,
     d_out: int | None = None,
     train: Iterable[str] | None = None,
+    arch: str = "resnet",
+    sizes: Mapping[str, int] | None = None,
 ) -> ParamGroups:
     """Param groups, init and multipliers of ``parameterization`` for a user's ``model``.
 
@@ -211,10 +234,25 @@ def param_groups(
     parameter is an error naming it). ``shape``: the model's ``(L, M, D)``. ``lr``: base
     learning rate ``eta``; group ``r`` gets ``eta * lr_sgd_r`` (``optimizer="sgd"``) or
     ``eta * lr_adam_r`` (``"adam"``). ``d_in``, ``d_out``: needed when a rule uses them.
-    ``train``: roles that go into the groups (default: every mapped role).
+    ``train``: roles that go into the groups (default: every mapped role but frozen ones).
+
+    ``arch="transformer"`` reads a preset name from the Transformer tables (roles ``Q, K, V, O,
+    mlp_U, mlp_V, norm, norm_bias, pos``, scalars ``branch`` and ``logit``); ``sizes`` gives
+    the fixed sizes their rules use (``r``, ``r_v``) where the model does not show them.
+    Every parameterization also accepts the roles ``keep`` (left alone: own init, base lr),
+    ``bias`` and ``norm`` (own init, base lr). ``shape`` may be omitted: it is read off the
+    model (:func:`~reslim._src.scaling.user_roles.infer_shape`); a given shape is checked
+    against what the model shows, and a mismatch is an error naming both.
     """
-    p = get_parameterization(parameterization)
-    shape = Shape.parse(shape)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch == "transformer" and not isinstance(parameterization, RoleTable):
+        p: Any = get_transformer_parameterization(parameterization)
+    elif isinstance(parameterization, RoleTable):
+        p = parameterization
+    else:
+        p = get_parameterization(parameterization)
+    given = None if shape is None else Shape.parse(shape)
     if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)}, got {optimizer!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
@@ -222,20 +260,26 @@ def param_groups(
     for name, v in (("d_in", d_in), ("d_out", d_out)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    name_roles = assign_roles(model, roles)
-    used = tuple(r for r in ROLES if r in set(name_roles.values()))
+    allowed = allowed_roles(p)
+    name_roles = assign_roles(model, roles, allowed)
+    named = _named(model)
+    inferred = infer_shape(named, name_roles, p, d_in=d_in, d_out=d_out, sizes=sizes)
+    shape = check_shape(given, inferred)
+    used = tuple(r for r in allowed if r in set(name_roles.values()))
+    extra = {r.name for r in (role_info(p, u) for u in used) if r.own_init and r.name not in p.roles}
     for r in used:
-        if r not in p.roles:
+        if r not in p.roles and r not in extra:
             bad = next(n for n, rr in name_roles.items() if rr == r)
             raise ValueError(f"parameterization {p.name!r} has no rule for role {r!r} "
                              f"(parameter {bad!r})")
-    trained = used if train is None else tuple(train)
+    trained = tuple(r for r in used if role_info(p, r).kind != "frozen") if train is None else tuple(train)
     for r in trained:
         if r not in used:
             raise ValueError(f"train names role {r!r}, which no parameter has (mapped: {', '.join(used)})")
-    trained = tuple(r for r in ROLES if r in trained)
+    trained = tuple(r for r in used if r in trained)
 
     env = {"L": shape.L, "M": shape.M, "D": shape.D, "alpha": p.alpha}
+    env.update({k: v for k, v in {**inferred, **(sizes or {})}.items() if k in ("r", "r_v", "T")})
     if d_in is not None:
         env["d_in"] = d_in
     if d_out is not None:
@@ -252,11 +296,14 @@ def param_groups(
 
     init_std, mults, lrs = {}, {}, {}
     for r in used:
-        rs = p.roles[r]
+        rs = p.roles.get(r, RoleScaling())
         init_std[r] = ev(rs.init, f"{r} init")
         mults[r] = ev(rs.mult, f"{r} multiplier")
         lrs[r] = lr * ev(rs.lr_adam if family == "adam" else rs.lr_sgd, f"{r} learning-rate")
     mults["branch"] = ev(p.branch, "branch")
+    if isinstance(p, RoleTable):
+        for name, rule in p.scalars.items():
+            mults[name] = ev(rule, name)
     out = ParamGroups(
         groups=[], roles=dict(name_roles), multipliers=mults, init_std=init_std, lr=lrs,
         trained=trained, parameterization=p, shape=shape, optimizer=optimizer.lower(),

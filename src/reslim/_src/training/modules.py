@@ -107,8 +107,9 @@ def train_modules(
 
     Learning rates per parameter name, from the first of: ``lrs`` (name -> learning rate,
     used as given); ``groups``, a :class:`ParamGroups` of the first module (its per-role
-    rates times ``lr``, divided by the base rate it was built with, and its forward
-    multipliers applied to the parameters); the module's ``learning_rates(optimizer, lr)``.
+    rates, already holding its base rate, times ``lr``, which then defaults to a factor 1;
+    its forward multipliers are applied to the parameters); the module's
+    ``learning_rates(optimizer, lr)``.
     ``lr`` may hold one value per network. Everything else as for :func:`reslim.train`;
     ``record`` may name ``h_last`` and ``hidden`` when the module's ``forward`` takes
     ``states=True``.
@@ -127,7 +128,7 @@ def train_modules(
     if lrs is not None:
         rates = dict(lrs)
     elif groups is not None:
-        rates = {n: base * groups.rate(n) for n in groups.trained_names()}
+        rates = {n: base * groups.lr[groups.roles[n]] for n in groups.trained_names()}
         scales = {**groups.forward_scales(), **scales}
     elif hasattr(modules[0], "learning_rates"):
         rates = modules[0].learning_rates(optimizer, base)
