@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from ..measure.errors import max_layer_mean_abs_error
+from ..measure.errors import max_layer_mean_abs, max_layer_mean_abs_error
 from ..models.resnet import ResNet
 from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
@@ -370,7 +370,7 @@ class LinearLimit(ExperimentKind):
         # h - H = Q (a_D - a_oo) coordinate-wise: both are linear in the rows z_d = Q[d]
         diff = coef.on_grid("a") - sol.coef.on_grid("a")  # (K+1, B, S+1, p, N)
         with np.errstate(invalid="ignore", over="ignore"):
-            emb = np.abs(np.einsum("kbspn,bdp->kbsnd", diff, Q)).mean(axis=(-1, -2)).max(axis=-1)
+            emb = max_layer_mean_abs(np.einsum("kbspn,bdp->kbsnd", diff, Q))  # (K+1, B)
             out = np.sqrt(((coef.outputs - sol.outputs[:, None]) ** 2).mean(axis=(2, 3)))
         seconds = (time.perf_counter() - t0) / len(runs)
         results = []
