@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..scaling.architecture import Architecture, Role, RoleTable, role_rules
+from ..scaling.architecture import Architecture, Role
 from ..scaling.parameterization import optimizer_family
+from ..scaling.role_table import RoleTable, role_rules
 from ..scaling.shapes import Shape
 from .activations import get_activation
 from .attention import AttentionBlock, MLPBlock, make_norm
@@ -47,6 +48,8 @@ TRANSFORMER = Architecture(
     symbols=("L", "M", "D"),
     sizes=("r", "r_v", "d_in", "d_out", "T"),
     scalars=("branch", "logit"),
+    blocks={"attention": ("Q", "K", "V", "O", "norm", "norm_bias"),
+            "mlp": ("mlp_U", "mlp_V", "norm", "norm_bias")},
     doc="attention heads as units (theory.md §5); L counts sub-blocks",
 )
 

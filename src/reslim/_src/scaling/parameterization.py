@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from .architecture import RESNET
 from .monomial import Monomial
 from .shapes import Shape
 
-ROLES = ("embed", "U", "V", "W", "readout")
-BLOCK_ROLES = {"two-layer": ("U", "V"), "one-layer": ("W",)}
+#: the ResNet's roles and block types, as its :data:`RESNET` architecture declares them
+ROLES = RESNET.role_names
+BLOCK_ROLES = dict(RESNET.blocks)
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,7 @@ class Parameterization:
             )
 
     def symbols(self, shape: Shape, d_in: int, d_out: int) -> dict[str, float]:
-        return {"L": shape.L, "M": shape.M, "D": shape.D, "d_in": d_in, "d_out": d_out,
-                "alpha": self.alpha}
+        return RESNET.env(shape, alpha=self.alpha, d_in=d_in, d_out=d_out)
 
     def effective(self, shape: Shape, d_in: int, d_out: int) -> dict[str, EffectiveScales]:
         """Evaluate every role at ``shape``; key ``"branch"`` holds beta in ``multiplier``."""
@@ -129,16 +130,11 @@ class Parameterization:
         """One row per tensor: the effective init std, multiplier and learning rates."""
         self.check_block(block)
         eff = self.effective(shape, d_in, d_out)
-        tensors = {
-            "embed": ("W_e", (shape.D, d_in)),
-            "U": ("U", (shape.L, shape.D, shape.M)),
-            "V": ("V", (shape.L, shape.D, shape.M)),
-            "W": ("W", (shape.L, shape.D, shape.D)),
-            "readout": ("W_u", (shape.D, d_out)),
-        }
+        env = self.symbols(shape, d_in, d_out)
         rows = []
         for role in ("embed", *BLOCK_ROLES[block], "readout"):
-            tensor, dims = tensors[role]
+            info = RESNET.role(role)
+            tensor, dims = info.tensor, [int(env[d]) for d in info.dims]
             r, e = self.roles[role], eff[role]
             rows.append({
                 "tensor": tensor, "role": role, "shape": "x".join(map(str, dims)),

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..models.transformer import get_transformer_parameterization
-from .architecture import RoleTable, allowed_roles, role_info
 from .parameterization import ROLES, Parameterization, RoleScaling, get_parameterization, optimizer_family
+from .role_table import RoleTable, allowed_roles, role_info
 from .shapes import Shape
 from .user_roles import Scaled, check_shape, forward_scales, infer_shape
 from .user_roles import clean_name as _clean

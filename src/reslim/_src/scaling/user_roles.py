@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .architecture import architecture_of, role_info
+from .role_table import architecture_of, role_info
 from .shapes import Shape
 
 _COMPILE_PREFIX = "_orig_mod."
