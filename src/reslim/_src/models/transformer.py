@@ -17,12 +17,14 @@ key-query and value dimensions ``r``, ``r_v`` stay fixed as ``D`` grows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..scaling.architecture import Architecture, Role
+from ..scaling.monomial import Monomial
 from ..scaling.parameterization import optimizer_family
 from ..scaling.role_table import RoleTable, role_rules
 from ..scaling.shapes import Shape
@@ -73,6 +75,20 @@ def _mlu(alpha: float = 1.0) -> RoleTable:
         "SGD lr eta L M D / alpha^2", options={"alpha": alpha})
 
 
+def _mlu_sqrt_heads(alpha: float = 1.0) -> RoleTable:
+    """MLU with the heads aggregated by ``1/sqrt(M)`` instead of a mean (the contrast of
+    theory.md §5 (c)): branch ``alpha/(L sqrt(M))`` and head lr ``eta L D / alpha^2`` keep the
+    output's change per step as under MLU, while each head moves by ``M^-1/2``."""
+    base = _mlu(alpha)
+    lr = Monomial.parse("L*D/alpha^2")
+    rules = {r: (replace(s, lr_sgd=lr) if r in ("Q", "K", "V", "O", "mlp_U", "mlp_V") else s)
+             for r, s in base.rules.items()}
+    return RoleTable("mlu-sqrt-heads", TRANSFORMER, rules, {"branch": "alpha/(L*M^0.5)", "logit": "r^-0.5"},
+                     alpha=alpha, description="MLU with a 1/sqrt(M) head aggregation: branch "
+                     "alpha/(L sqrt(M)), SGD lr eta L D / alpha^2 (heads move by M^-1/2)",
+                     options={"alpha": alpha})
+
+
 def _width_mup(depth_lr_sgd: str = "1", depth_lr_adam: str = "1") -> dict:
     """muP in width (heads M proportional to D; a head's output weights have fan-in M r_v)."""
     sgd = f"D*{depth_lr_sgd}"
@@ -117,7 +133,7 @@ def _standard(alpha: float = 1.0) -> RoleTable:
 
 
 TRANSFORMER_PRESETS: dict[str, Callable[..., RoleTable]] = {
-    "mlu": _mlu, "mup": _mup, "completep": _completep, "depth-mup": _depth_mup, "standard": _standard,
+    "mlu": _mlu, "mlu-sqrt-heads": _mlu_sqrt_heads, "mup": _mup, "completep": _completep, "depth-mup": _depth_mup, "standard": _standard,
 }
 
 

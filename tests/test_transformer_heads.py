@@ -1,0 +1,38 @@
+"""Per-head movement (theory.md §5 (c)): Θ(1) along M under MLU, M^-1/2 under a 1/sqrt(M) head
+aggregation."""
+
+from __future__ import annotations
+
+import pytest
+
+from reslim._src.diagnostics.heads import HEAD_QUANTITIES, head_exponents, head_movement
+from reslim._src.models.transformer import get_transformer_parameterization
+
+
+@pytest.fixture(scope="module")
+def exponents():
+    out = {}
+    for param in ("mlu", "mlu-sqrt-heads"):
+        rec = head_movement(param, "M", (8, 16, 32, 64), base=(16, 16, 4), steps=2, lr=0.05, seeds=(0, 1, 2))
+        ex = head_exponents(rec)
+        out[param] = {r.quantity: r.exponent for r in ex[ex.step == 2].itertuples()}
+    return out
+
+
+def test_heads_move_theta_one_along_M_under_mlu(one_thread, exponents):
+    assert set(exponents["mlu"]) == set(HEAD_QUANTITIES)
+    for q, e in exponents["mlu"].items():
+        assert abs(e) <= 0.25, (q, e)
+
+
+def test_heads_freeze_along_M_under_sqrt_aggregation(one_thread, exponents):
+    for q, e in exponents["mlu-sqrt-heads"].items():
+        assert -0.8 < e < -0.35, (q, e)  # about M^-1/2
+
+
+def test_sqrt_heads_table():
+    t = get_transformer_parameterization("mlu-sqrt-heads")
+    assert str(t.branch) == "L^-1*M^-0.5*alpha"
+    assert t.rules["Q"].lr_sgd.exponent("M") == 0 and t.rules["Q"].lr_sgd.exponent("L") == 1
+    with pytest.raises(ValueError, match="axis"):
+        head_movement("mlu", "T", (1, 2))
