@@ -133,7 +133,8 @@ def _standard(alpha: float = 1.0) -> RoleTable:
 
 
 TRANSFORMER_PRESETS: dict[str, Callable[..., RoleTable]] = {
-    "mlu": _mlu, "mlu-sqrt-heads": _mlu_sqrt_heads, "mup": _mup, "completep": _completep, "depth-mup": _depth_mup, "standard": _standard,
+    "mlu": _mlu, "mlu-sqrt-heads": _mlu_sqrt_heads, "mup": _mup, "completep": _completep,
+    "depth-mup": _depth_mup, "standard": _standard,
 }
 
 
