@@ -5,6 +5,7 @@ feature updates of two-layer depth-muP blocks (first internal layer, block outpu
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from .depth import (
     sorted_depths,
 )
 from .registry import Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import SpecBase
 
 
@@ -58,37 +60,53 @@ class CollapseSpec(SpecBase):
         return self
 
 
+@dataclass(frozen=True)
+class CollapseConfig(RunConfig):
+    """One ``collapse`` run: an (optimizer, correction, L) two-layer depth-muP network of one seed."""
+
+    kind: Literal["collapse"]
+    optimizer: str
+    correction: float
+    L: int
+    width: int
+    lr: float
+    activation: str
+    dtype: str
+    data: DataSpec
+    train: TrainSpec
+    seed: int
+
+
 class Collapse(DepthKind):
     spec_model = CollapseSpec
+    config_type = CollapseConfig
 
     def expand(self, spec: CollapseSpec) -> list[Run]:
         runs = []
+        W = spec.width
         for opt in spec.optimizers:
             for corr in spec.corrections:
                 for L in spec.depths:
-                    base = {"kind": "collapse", "optimizer": opt, "correction": float(corr), "L": L,
-                            "width": spec.width, "lr": spec.lr[opt], "activation": spec.activation,
-                            "dtype": spec.dtype, "data": spec.data.model_dump(mode="json"),
-                            "train": spec.train.model_dump(mode="json")}
-                    group = run_key(base)
-                    W = spec.width
                     for rep in range(spec.seeds):
-                        runs.append(Run("collapse", {**base, "seed": spec.seed + rep}, group=group,
+                        cfg = CollapseConfig("collapse", opt, float(corr), L, W, spec.lr[opt],
+                                             spec.activation, spec.dtype, spec.data, spec.train,
+                                             seed=spec.seed + rep)
+                        runs.append(Run("collapse", cfg.to_dict(), group=run_key(cfg.without("seed")),
                                         cost=6.0 * L * W * W * spec.data.n_train * spec.train.steps,
                                         mem=6.0 * L * W * W * 8,
                                         label=f"{opt} c={corr} L={L} seed={rep}"))
         return runs
 
-    def _execute(self, runs: list[Run]) -> list[RunResult]:
-        c = runs[0].config
+    def _execute(self, runs: list[Run], configs: list[CollapseConfig]) -> list[RunResult]:
+        c = configs[0]
         t0 = time.perf_counter()
-        data = load_data(c["data"])
-        t = c["train"]
+        data = load_data(c.data)
+        t = c.train
         df = dd.first_layer_collapse(
-            data, depths=[c["L"]], width=c["width"], seeds=[r.config["seed"] for r in runs],
-            optimizers=[c["optimizer"]], corrections=[c["correction"]], lr=c["lr"], steps=t["steps"],
-            batch_size=batch_for(t["batch_size"], data) if c["optimizer"] != "gd" else None, loss=t["loss"],
-            activation=c["activation"], dtype=c["dtype"])
+            data, depths=[c.L], width=c.width, seeds=[r.seed for r in configs], optimizers=[c.optimizer],
+            corrections=[c.correction], lr=c.lr, steps=t.steps,
+            batch_size=batch_for(t.batch_size, data) if c.optimizer != "gd" else None, loss=t.loss,
+            activation=c.activation, dtype=c.dtype)
         sec = (time.perf_counter() - t0) / len(runs)
         out = []
         for run, row in zip(runs, df.to_dict("records"), strict=True):
@@ -100,10 +118,9 @@ class Collapse(DepthKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in self.records(spec, store):
-            c = rec.config
-            row = {"optimizer": c["optimizer"], "correction": c["correction"], "L": c["L"],
-                   "seed": c["seed"], "diverged": rec.status != "done"}
+        for rec, c in self.configs(spec, store):
+            row = {"optimizer": c.optimizer, "correction": c.correction, "L": c.L, "seed": c.seed,
+                   "diverged": rec.status != "done"}
             for k, v in rec.metrics.items():
                 row[k] = np.nan if v is None else float(v)
             rows.append(row)

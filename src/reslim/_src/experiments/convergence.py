@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -21,10 +22,11 @@ from ..models.activations import ACTIVATIONS
 from ..models.resnet import ResNet
 from ..scaling.shapes import Shape
 from ..training.data import gaussian_data
-from ..training.divergence import DIVERGENCE_FACTOR, divergence_steps
+from ..training.divergence import divergence_steps
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES = ("embedding", "output")
@@ -192,6 +194,59 @@ def _seed(*parts: int) -> int:
 _ROLE_ID = {"reference": 0, "embedding": 1, "output": 2, "embedding-twin": 3, "output-twin": 4}
 
 
+@dataclass(frozen=True)
+class ConvergenceConfig(RunConfig):
+    """What every ``convergence`` run config holds: the model, data and training of the grid."""
+
+    kind: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    dtype: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ReferenceConfig(ConvergenceConfig):
+    """A reference run (stage 0) of repetition ``rep``: ``reference`` is the spec's reference
+    section less ``floor`` (which adds runs but changes none, so it stays out of the keys)."""
+
+    reference: dict[str, Any]
+    rep: int
+    seed: int
+    embed_seed: int
+    embed_dim_max: int
+
+
+@dataclass(frozen=True)
+class NetworkReferenceConfig(ReferenceConfig):
+    """A reference run that is a large finite network of ``shape``."""
+
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class GridConfig(ConvergenceConfig):
+    """A network of the grid (or a reference's twin) of ``shape``, against the reference run of
+    its repetition (``reference_key``); ``embed_seed``, ``embed_dim_max`` set for the coupled
+    (embedding) runs only."""
+
+    shape: list[int]
+    rep: int
+    seed: int
+    embed_seed: int | None
+    embed_dim_max: int | None
+    reference_key: str
+    store_h_last: bool
+
+
+def run_config(config: dict[str, Any]) -> ConvergenceConfig:
+    """The typed config of a stored ``convergence`` run config."""
+    if config["role"] != "reference":
+        return GridConfig.from_dict(config)
+    return (NetworkReferenceConfig if "shape" in config else ReferenceConfig).from_dict(config)
+
+
 class Convergence(ExperimentKind):
     spec_model = ConvergenceSpec
     report_module = "reslim._src.report.convergence"
@@ -204,21 +259,20 @@ class Convergence(ExperimentKind):
         self._ref_cache: dict[str, dict[str, np.ndarray]] = {}
 
     # --- expansion ----------------------------------------------------------------------------
-    def common(self, spec: ConvergenceSpec) -> dict[str, Any]:
-        return {"kind": "convergence", "model": spec.model.model_dump(mode="json"),
-                "data": spec.data.model_dump(mode="json"), "train": spec.train.model_dump(mode="json"),
-                "dtype": spec.dtype}
+    def common(self, spec: ConvergenceSpec) -> tuple[str, ModelSpec, DataSpec, TrainSpec, str]:
+        return "convergence", spec.model, spec.data, spec.train, spec.dtype
 
     def reference_runs(self, spec: ConvergenceSpec) -> list[Run]:
         # ``floor`` adds runs but changes none: it stays out of the configs (and their keys)
         ref = spec.reference.model_dump(mode="json", exclude={"floor"})
         runs = []
         for rep in range(spec.repetitions):
-            config = {**self.common(spec), "role": "reference", "reference": ref, "rep": rep,
-                      "seed": _seed(spec.seed, _ROLE_ID["reference"], rep),
-                      "embed_seed": _seed(spec.seed, 99, rep), "embed_dim_max": spec.embed_dim_max}
+            fields = (*self.common(spec), "reference", ref, rep, _seed(spec.seed, _ROLE_ID["reference"], rep),
+                      _seed(spec.seed, 99, rep), spec.embed_dim_max)
             if isinstance(spec.reference, NetworkReference):
-                config["shape"] = list(spec.reference.shape)
+                config = NetworkReferenceConfig(*fields, shape=list(spec.reference.shape))
+            else:
+                config = ReferenceConfig(*fields)
             runs.append(self._run(config, stage=0))
         return runs
 
@@ -235,53 +289,53 @@ class Convergence(ExperimentKind):
             for r, (L, M, D) in todo:
                 for rep in range(spec.repetitions):
                     coupled = role == "embedding"
-                    config = {**self.common(spec), "role": r, "shape": [L, M, D], "rep": rep,
-                              "seed": _seed(spec.seed, _ROLE_ID[r], L, M, D, rep),
-                              "embed_seed": _seed(spec.seed, 99, rep) if coupled else None,
-                              "embed_dim_max": spec.embed_dim_max if coupled else None,
-                              "reference_key": ref_keys[rep], "store_h_last": spec.store_h_last}
+                    config = GridConfig(*self.common(spec), r, [L, M, D], rep,
+                                        seed=_seed(spec.seed, _ROLE_ID[r], L, M, D, rep),
+                                        embed_seed=_seed(spec.seed, 99, rep) if coupled else None,
+                                        embed_dim_max=spec.embed_dim_max if coupled else None,
+                                        reference_key=ref_keys[rep], store_h_last=spec.store_h_last)
                     runs.append(self._run(config, stage=1))
         return runs
 
-    def _run(self, config: dict[str, Any], stage: int) -> Run:
-        batch_fields = {k: v for k, v in config.items() if k not in ("rep", "seed", "embed_seed",
-                                                                     "reference_key")}
-        N, K = config["data"]["N"], config["train"]["steps"]
-        itemsize = 8 if config["dtype"] == "float64" else 4
-        if "shape" in config:
-            L, M, D = config["shape"]
+    def _run(self, config: ConvergenceConfig, stage: int) -> Run:
+        N, K = config.data.N, config.train.steps
+        itemsize = 8 if config.dtype == "float64" else 4
+        if isinstance(config, GridConfig | NetworkReferenceConfig):
+            L, M, D = config.shape
             cost = 12.0 * L * M * D * N * K + 3e5 * L * K  # flops + per-layer overhead
             mem = 2.5 * L * M * D * itemsize + 4 * (K + 1) * N * D * 8 * 2
-            label = f"{config['role']} (L={L}, M={M}, D={D})"
+            label = f"{config.role} (L={L}, M={M}, D={D})"
         else:
             # the limit is solved once per task: roughly 2 s of the sampled large-D solver in all
-            cost, mem, label = 5e10, 0.0, f"reference limit {config['reference']['name']}"
-        return Run("convergence", config, group=run_key(batch_fields), stage=stage, cost=cost,
-                   mem=mem, label=label)
+            assert isinstance(config, ReferenceConfig)
+            cost, mem, label = 5e10, 0.0, f"reference limit {config.reference['name']}"
+        group = run_key(config.without("rep", "seed", "embed_seed", "reference_key"))
+        return Run("convergence", config.to_dict(), group=group, stage=stage, cost=cost, mem=mem, label=label)
 
     # --- execution (workers) ------------------------------------------------------------------
     def execute(self, runs: list[Run]) -> list[RunResult]:
-        c = runs[0].config
-        if c["role"] == "reference" and c["reference"]["kind"] == "limit":
-            return self._execute_limit(runs)
+        configs = [run_config(r.config) for r in runs]
+        c = configs[0]
+        if isinstance(c, ReferenceConfig) and not isinstance(c, NetworkReferenceConfig):
+            return self._execute_limit(runs, configs)
+        assert isinstance(c, GridConfig | NetworkReferenceConfig)
         t0 = time.perf_counter()
-        param = ParamSpec.model_validate(c["model"]["param"]).build()
-        coupled = c["embed_seed"] is not None
-        net = ResNet(Shape(*c["shape"]), param=param, d_in=c["data"]["d_in"], d_out=c["data"]["d_out"],
-                     block=c["model"]["block"], activation=c["model"]["activation"],
-                     seeds=[r.config["seed"] for r in runs],
-                     embed_seed=[r.config["embed_seed"] for r in runs] if coupled else None,
-                     embed_dim_max=c["embed_dim_max"], dtype=c["dtype"])
+        param = c.model.param.build()
+        coupled = c.embed_seed is not None
+        net = ResNet(Shape(*c.shape), param=param, d_in=c.data.d_in, d_out=c.data.d_out,
+                     block=c.model.block, activation=c.model.activation, seeds=[r.seed for r in configs],
+                     embed_seed=[r.embed_seed for r in configs] if coupled else None,
+                     embed_dim_max=c.embed_dim_max, dtype=c.dtype)
         data = _data(c)
-        traj = train(net, data, steps=c["train"]["steps"], lr=c["train"]["lr"],
-                     optimizer=c["train"]["optimizer"], loss=c["train"]["loss"],
-                     record=("loss", "outputs", "h_last"),
-                     divergence_factor=c["train"].get("divergence_factor", DIVERGENCE_FACTOR))
+        traj = train(net, data, steps=c.train.steps, lr=c.train.lr, optimizer=c.train.optimizer,
+                     loss=c.train.loss, record=("loss", "outputs", "h_last"),
+                     divergence_factor=c.train.divergence_factor)
         del net
         seconds = (time.perf_counter() - t0) / len(runs)
         return [self._result(run, traj.select(b), seconds) for b, run in enumerate(runs)]
 
-    def _result(self, run: Run, traj: Trajectory, seconds: float, limit_train=None) -> RunResult:
+    def _result(self, run: Run, traj: Trajectory, seconds: float, limit_train: TrainSpec | None = None
+                ) -> RunResult:
         div = int(traj.diverged_at[0])
         arrays = {"loss": traj.loss[:, 0], "outputs": traj.outputs[:, 0], "h_last": traj.h_last[:, 0]}
         if limit_train is not None:  # a limit's record: the trainer's blow-up criterion applied here
@@ -289,7 +343,7 @@ class Convergence(ExperimentKind):
         metrics = {"diverged_at": div, "final_loss": float(arrays["loss"][-1])}
         return RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays, seconds=seconds)
 
-    def _execute_limit(self, runs: list[Run]) -> list[RunResult]:
+    def _execute_limit(self, runs: list[Run], configs: list[ReferenceConfig]) -> list[RunResult]:
         """The limit reference of every repetition in ``runs``, from one solve.
 
         The large-D limit is solved once (its solution depends on neither ``W_e``, ``W_u`` nor
@@ -301,20 +355,18 @@ class Convergence(ExperimentKind):
         from ..limits.large_d import LargeDLimit
         from .linear_limit import effective_embeddings
 
-        c = runs[0].config
+        c = configs[0]
         t0 = time.perf_counter()
-        param = ParamSpec.model_validate(c["model"]["param"]).build()
-        D, d_in, d_out = c["embed_dim_max"], c["data"]["d_in"], c["data"]["d_out"]
-        net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out,
-                     seeds=[r.config["seed"] for r in runs],
-                     embed_seed=[r.config["embed_seed"] for r in runs], embed_dim_max=D)
+        param = c.model.param.build()
+        D, d_in, d_out = c.embed_dim_max, c.data.d_in, c.data.d_out
+        net = ResNet(Shape(1, 1, D), param=param, d_in=d_in, d_out=d_out, seeds=[r.seed for r in configs],
+                     embed_seed=[r.embed_seed for r in configs], embed_dim_max=D)
         W_e, W_u, e_std, u_std = effective_embeddings(net)  # h_0 = W_e x, y = W_u^T h / D
         problem = LimitProblem(
-            data=_data(c), K=c["train"]["steps"], eta=c["train"]["lr"], alpha=param.alpha,
-            loss=c["train"]["loss"], activation=c["model"]["activation"], W_e=W_e, W_u=W_u,
-            embed_std=e_std, readout_std=u_std)
+            data=_data(c), K=c.train.steps, eta=c.train.lr, alpha=param.alpha, loss=c.train.loss,
+            activation=c.model.activation, W_e=W_e, W_u=W_u, embed_std=e_std, readout_std=u_std)
         del net
-        limit = LimitReference.model_validate(c["reference"]).build()
+        limit = LimitReference.model_validate(c.reference).build()
         if isinstance(limit, LargeDLimit):
             sol = limit.solution(problem)
             info = sol.coef.info
@@ -326,7 +378,7 @@ class Convergence(ExperimentKind):
                 H, _ = sol.single_site(W_e[b], W_u[b], depths=np.array([1.0]))  # (K+1, 1, D, N)
                 arrays = {"loss": sol.loss.copy(), "outputs": sol.outputs.copy(),
                           "h_last": np.ascontiguousarray(np.swapaxes(H[:, 0], 1, 2))}  # (K+1, N, D)
-                div = _blowup(int(sol.coef.diverged_at[0]), arrays, c["train"])
+                div = _blowup(int(sol.coef.diverged_at[0]), arrays, c.train)
                 metrics = {"diverged_at": div, "final_loss": float(arrays["loss"][-1])}
                 results.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics, arrays,
                                          seconds=time.perf_counter() - t1))
@@ -343,8 +395,8 @@ class Convergence(ExperimentKind):
             stderr = [{k: np.asarray(traj.meta[k])[:, b] for k in ("output_stderr", "h_last_stderr")
                        if k in traj.meta} for b in range(len(runs))]
             seconds = time.perf_counter() - t0
-            results = [self._result(run, traj.select(b), 0.0, c["train"]) for b, run in enumerate(runs)]
-        solver = {"limit": c["reference"]["name"], "solve_seconds": seconds, "solved_together": len(runs)}
+            results = [self._result(run, traj.select(b), 0.0, c.train) for b, run in enumerate(runs)]
+        solver = {"limit": c.reference["name"], "solve_seconds": seconds, "solved_together": len(runs)}
         solver.update({k: info[k] for k in ("method", "samples", "replicas", "seed") if k in info})
         for res, errs in zip(results, stderr, strict=True):
             res.metrics.update(solver)
@@ -366,10 +418,10 @@ class Convergence(ExperimentKind):
     def finish(self, spec, run: Run, result: RunResult, store) -> RunResult:
         from ...measure import embedding_error, output_error
 
-        c = run.config
-        if c["role"] == "reference":
+        c = run_config(run.config)
+        if not isinstance(c, GridConfig):
             return result
-        ref = self._reference(c["reference_key"], store)
+        ref = self._reference(c.reference_key, store)
         a = result.arrays
         div = result.metrics["diverged_at"]
 
@@ -382,19 +434,19 @@ class Convergence(ExperimentKind):
         out = output_error(t, r, per_repetition=True)[:, 0]
         result.metrics["output_error"] = _jsonable(out)
         result.metrics["output_error_final"] = _jsonable(out[-1])
-        if c["role"] in ("embedding", TWINS["embedding"]):
+        if c.role in ("embedding", TWINS["embedding"]):
             emb = embedding_error(t, r, per_repetition=True)[:, 0]
             result.metrics["embedding_error"] = _jsonable(emb)
             result.metrics["embedding_error_final"] = _jsonable(emb[-1])
-        if not c.get("store_h_last"):
+        if not c.store_h_last:
             result.arrays.pop("h_last")
         return result
 
 
-def _blowup(div: int, arrays: dict[str, np.ndarray], train_config: dict[str, Any]) -> int:
+def _blowup(div: int, arrays: dict[str, np.ndarray], train_config: TrainSpec) -> int:
     """A limit reference's divergence step under :func:`reslim.train`'s criterion (its solver
     flags non-finite values only); the records from that step on become NaN, in place."""
-    blown = int(divergence_steps(arrays["loss"], train_config.get("divergence_factor", DIVERGENCE_FACTOR))[0])
+    blown = int(divergence_steps(arrays["loss"], train_config.divergence_factor)[0])
     if blown >= 0 and (div < 0 or blown < div):
         div = blown
     if div >= 0:
@@ -404,9 +456,10 @@ def _blowup(div: int, arrays: dict[str, np.ndarray], train_config: dict[str, Any
     return div
 
 
-def _data(c: dict[str, Any]):
-    d = c["data"]
-    return gaussian_data(d["N"], d["d_in"], d["d_out"], d["seed"])
+def _data(c: ConvergenceConfig | dict[str, Any]):
+    """The data of a run (from its typed config or the config dict the store keeps)."""
+    d = c.data if isinstance(c, ConvergenceConfig) else DataSpec.model_validate(c["data"])
+    return gaussian_data(d.N, d.d_in, d.d_out, d.seed)
 
 
 def _jsonable(x):

@@ -19,12 +19,14 @@ Runs (all stage 1; the limit is solved inside the workers, cached per process):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import SpecBase, StrictModel
 
 QQ_PROBS = np.linspace(0.005, 0.995, 199)
@@ -109,35 +111,77 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
-def make_data(c: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(c["seed"])
-    X = rng.standard_normal((c["P"], c["d"]))
-    teacher = rng.standard_normal((c["k"], c["d"])) / np.sqrt(c["d"])
-    Y = X @ teacher.T + c["noise"] * rng.standard_normal((c["P"], c["k"]))
+def make_data(c: DeepLinearDataSpec) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(c.seed)
+    X = rng.standard_normal((c.P, c.d))
+    teacher = rng.standard_normal((c.k, c.d)) / np.sqrt(c.d)
+    Y = X @ teacher.T + c.noise * rng.standard_normal((c.P, c.k))
     return X, Y
+
+
+@dataclass(frozen=True)
+class DeepLinearConfig(RunConfig):
+    """What every ``deep-linear`` run config holds: the problem and the depth."""
+
+    kind: str
+    data: DeepLinearDataSpec
+    train: DeepLinearTrainSpec
+    dtype: str
+    role: str
+    L: int
+
+
+@dataclass(frozen=True)
+class FiniteConfig(DeepLinearConfig):
+    """A ``finite`` run: one width-``N`` network (seed ``seed``, repetition ``rep``) against the limit."""
+
+    N: int
+    rep: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class LawConfig(FiniteConfig):
+    """A ``law`` run: a wide network's weights against the limit's laws at ``law.steps``."""
+
+    law: LawSpec
+
+
+@dataclass(frozen=True)
+class FlowConfig(DeepLinearConfig):
+    """A ``flow`` run: the limit's gradient flow alone."""
+
+    flow: FlowSpec
+
+
+ROLE_CONFIGS: dict[str, type[DeepLinearConfig]] = {"finite": FiniteConfig, "law": LawConfig,
+                                                   "flow": FlowConfig}
+
+
+def run_config(config: dict[str, Any]) -> DeepLinearConfig:
+    """The typed config of a stored ``deep-linear`` run config (by its role)."""
+    return ROLE_CONFIGS[config["role"]].from_dict(config)
 
 
 _CACHE: dict[str, Any] = {}
 
 
-def limit_solution(c: dict[str, Any], L: int, mode: str = "gd"):
+def limit_solution(c: DeepLinearConfig, L: int, mode: str = "gd"):
     """The limit of a run's problem (cached per process)."""
     from ..limits.deep_linear import DeepLinearLimit, DeepLinearProblem
 
-    if mode == "gd":
-        spec = {"data": c["data"], "train": c["train"], "L": L, "mode": mode}
-    else:
-        spec = {"data": c["data"], "train": c["train"], "flow": c["flow"], "L": L, "mode": mode}
-    key = run_key(spec)
+    problem = c.without("kind", "dtype", "role", "L", "N", "rep", "seed", "law")
+    key = run_key({**problem, "L": L, "mode": mode})
     if key not in _CACHE:
-        X, Y = make_data(c["data"])
-        tr = c["train"]
+        X, Y = make_data(c.data)
+        tr = c.train
         if mode == "gd":
-            pb = DeepLinearProblem(X, Y, L=L, K=tr["steps"], eta=tr["lr"], gamma0=tr["gamma0"])
+            pb = DeepLinearProblem(X, Y, L=L, K=tr.steps, eta=tr.lr, gamma0=tr.gamma0)
         else:
-            f = c["flow"]
-            pb = DeepLinearProblem(X, Y, L=L, K=f["steps"], eta=f["dt"], gamma0=tr["gamma0"], mode="flow",
-                                   substeps=f["substeps"])
+            assert isinstance(c, FlowConfig)
+            f = c.flow
+            pb = DeepLinearProblem(X, Y, L=L, K=f.steps, eta=f.dt, gamma0=tr.gamma0, mode="flow",
+                                   substeps=f.substeps)
         if len(_CACHE) > 16:
             _CACHE.clear()
         _CACHE[key] = DeepLinearLimit().solution(pb)
@@ -170,9 +214,8 @@ class DeepLinear(ExperimentKind):
     #: probabilities of the stored quantiles (the report module reads them off the kind)
     qq_probs = QQ_PROBS
 
-    def common(self, spec: DeepLinearSpec) -> dict[str, Any]:
-        return {"kind": self.name, "data": spec.data.model_dump(mode="json"),
-                "train": spec.train.model_dump(mode="json"), "dtype": spec.dtype}
+    def common(self, spec: DeepLinearSpec) -> tuple[str, DeepLinearDataSpec, DeepLinearTrainSpec, str]:
+        return self.name, spec.data, spec.train, spec.dtype
 
     def expand(self, spec: DeepLinearSpec) -> list[Run]:
         runs = []
@@ -181,8 +224,8 @@ class DeepLinear(ExperimentKind):
             for L in spec.L:
                 for N in spec.N:
                     for r in range(spec.repetitions):
-                        cfg = {**self.common(spec), "role": "finite", "L": L, "N": N, "rep": r,
-                               "seed": _seed(spec.seed, 1, L, N, r)}
+                        seed = _seed(spec.seed, 1, L, N, r)
+                        cfg = FiniteConfig(*self.common(spec), "finite", L, N, r, seed)
                         runs.append(self._run(cfg, cost=4.0 * L * N * N * (d + k) * K + 1e5,
                                               mem=8.0 * (L * N * N + 4 * N * d),
                                               label=f"finite (L={L}, N={N})"))
@@ -190,44 +233,43 @@ class DeepLinear(ExperimentKind):
             N = spec.law.N
             for L in spec.L:
                 for r in range(spec.repetitions):
-                    cfg = {**self.common(spec), "role": "law", "L": L, "N": N, "rep": r,
-                           "seed": _seed(spec.seed, 2, L, N, r), "law": spec.law.model_dump(mode="json")}
+                    seed = _seed(spec.seed, 2, L, N, r)
+                    cfg = LawConfig(*self.common(spec), "law", L, N, r, seed, spec.law)
                     runs.append(self._run(cfg, cost=4.0 * L * N * N * (d + k) * K + 8.0 * L * N**3 * len(
                         spec.law.steps), mem=8.0 * 2 * L * N * N, label=f"law (L={L}, N={N})"))
         if "flow" in spec.roles:
             for L in spec.flow.L:
-                cfg = {**self.common(spec), "role": "flow", "L": L, "flow": spec.flow.model_dump(mode="json")}
+                cfg = FlowConfig(*self.common(spec), "flow", L, spec.flow)
                 runs.append(self._run(cfg, cost=1e6 * spec.flow.steps * spec.flow.substeps * L * P, mem=1e6,
                                       label=f"limit flow (L={L})"))
         return runs
 
-    def _run(self, config: dict[str, Any], cost: float, mem: float, label: str) -> Run:
-        batch = {k: v for k, v in config.items() if k not in ("rep", "seed")}
-        return Run(self.name, config, group=run_key(batch), stage=1, cost=cost, mem=mem, label=label)
+    def _run(self, config: DeepLinearConfig, cost: float, mem: float, label: str) -> Run:
+        return Run(self.name, config.to_dict(), group=run_key(config.without("rep", "seed")), stage=1,
+                   cost=cost, mem=mem, label=label)
 
     def execute(self, runs: list[Run]) -> list[RunResult]:
-        role = runs[0].config["role"]
-        if role == "finite":
-            return self._finite(runs)
-        if role == "law":
-            return self._law(runs)
-        return [self._flow(r) for r in runs]
+        configs = [run_config(r.config) for r in runs]
+        if isinstance(configs[0], LawConfig):
+            return self._law(runs, configs)
+        if isinstance(configs[0], FiniteConfig):
+            return self._finite(runs, configs)
+        return [self._flow(r, c) for r, c in zip(runs, configs, strict=True)]
 
-    def _net(self, runs: list[Run]):
+    def _net(self, configs: list[FiniteConfig]):
         from ..models.deep_linear import DeepLinearNetwork
 
-        c = runs[0].config
-        dd = c["data"]
-        return DeepLinearNetwork(c["L"], c["N"], dd["d"], dd["k"], gamma0=c["train"]["gamma0"],
-                                 seeds=[r.config["seed"] for r in runs], dtype=c["dtype"])
+        c = configs[0]
+        return DeepLinearNetwork(c.L, c.N, c.data.d, c.data.k, gamma0=c.train.gamma0,
+                                 seeds=[r.seed for r in configs], dtype=c.dtype)
 
-    def _finite(self, runs: list[Run]) -> list[RunResult]:
+    def _finite(self, runs: list[Run], configs: list[FiniteConfig]) -> list[RunResult]:
         t0 = time.perf_counter()
-        c = runs[0].config
-        sol = limit_solution(c, c["L"])
-        X, Y = make_data(c["data"])
-        net = self._net(runs)
-        tr = net.train(X, Y, steps=c["train"]["steps"], eta=c["train"]["lr"], record=("loss", "beta"))
+        c = configs[0]
+        sol = limit_solution(c, c.L)
+        X, Y = make_data(c.data)
+        net = self._net(configs)
+        tr = net.train(X, Y, steps=c.train.steps, eta=c.train.lr, record=("loss", "beta"))
         with np.errstate(invalid="ignore"):
             err = np.sqrt(((tr.meta["beta"] - sol.beta[:, None]) ** 2).mean(axis=(2, 3)))  # (K+1, B)
         seconds = (time.perf_counter() - t0) / len(runs)
@@ -240,28 +282,28 @@ class DeepLinear(ExperimentKind):
                                  {"beta": tr.meta["beta"][:, b]}, seconds=seconds))
         return out
 
-    def _law(self, runs: list[Run]) -> list[RunResult]:
+    def _law(self, runs: list[Run], configs: list[LawConfig]) -> list[RunResult]:
         import torch
 
         t0 = time.perf_counter()
-        c = runs[0].config
-        L, N = c["L"], c["N"]
+        c = configs[0]
+        L, N, law = c.L, c.N, c.law
         sol = limit_solution(c, L)
-        X, Y = make_data(c["data"])
-        net = self._net(runs)
+        X, Y = make_data(c.data)
+        net = self._net(configs)
         W0 = [W.clone() for W in net.weights]
         B = net.B
         Xt = torch.as_tensor(X, dtype=net.dtype)
         first, readout = sol.first_layer_law(), sol.readout_law()
         H = sol.hidden_variance(L - 1)  # (K+1, P, P)
         names = ("ks_first", "ks_readout", "ks_hidden")
-        ks = {n: np.full((len(c["law"]["steps"]), B), np.nan) for n in names}
-        rank = np.zeros((len(c["law"]["steps"]), B, L), dtype=int)
+        ks = {n: np.full((len(law.steps), B), np.nan) for n in names}
+        rank = np.zeros((len(law.steps), B, L), dtype=int)
         qq = {n: np.full((B, QQ_PROBS.size), np.nan) for n in ("qq_first", "qq_hidden")}
         done = 0
-        for j, t in enumerate(c["law"]["steps"]):
+        for j, t in enumerate(law.steps):
             if t > done:
-                net.train(X, Y, steps=t - done, eta=c["train"]["lr"], record=("loss",))
+                net.train(X, Y, steps=t - done, eta=c.train.lr, record=("loss",))
                 done = t
             frames, _ = net.frames()
             h = torch.matmul(frames[-1], Xt.T).cpu().double().numpy()  # (B, N, P)
@@ -273,26 +315,25 @@ class DeepLinear(ExperimentKind):
                 zh = (h[b] / _std(np.diag(H[t]))).ravel()
                 for name, z in (("ks_first", z1), ("ks_readout", zL), ("ks_hidden", zh)):
                     ks[name][j, b] = _ks(z)
-                if j == len(c["law"]["steps"]) - 1:
+                if j == len(law.steps) - 1:
                     qq["qq_first"][b], qq["qq_hidden"][b] = _quantiles(z1), _quantiles(zh)
                 for i in range(L):
                     dW = (net.weights[i][b] - W0[i][b]).cpu().double().numpy()
-                    rank[j, b, i] = _rank(dW, c["law"]["rank_tol"])
+                    rank[j, b, i] = _rank(dW, law.rank_tol)
         seconds = (time.perf_counter() - t0) / len(runs)
         out = []
         for b, run in enumerate(runs):
             metrics = {n: _list(v[:, b]) for n, v in ks.items()}
-            metrics.update({"rank": rank[:, b].tolist(), "steps": list(c["law"]["steps"]),
-                            "samples": {"first": N * c["data"]["d"], "readout": N * c["data"]["k"],
-                                        "hidden": N * c["data"]["P"]}})
+            metrics.update({"rank": rank[:, b].tolist(), "steps": list(law.steps),
+                            "samples": {"first": N * c.data.d, "readout": N * c.data.k,
+                                        "hidden": N * c.data.P}})
             out.append(RunResult(run.key, "done", metrics, {n: v[b] for n, v in qq.items()}, seconds=seconds))
         return out
 
-    def _flow(self, run: Run) -> RunResult:
+    def _flow(self, run: Run, c: FlowConfig) -> RunResult:
         t0 = time.perf_counter()
-        c = run.config
-        sol = limit_solution(c, c["L"], mode="flow")
-        X, _ = make_data(c["data"])
+        sol = limit_solution(c, c.L, mode="flow")
+        X, _ = make_data(c.data)
         star = sol.problem.min_norm_solution()
         dist = np.sqrt(((sol.beta - star) ** 2).sum(axis=(1, 2)))
         perp = np.eye(X.shape[1]) - np.linalg.pinv(X) @ X

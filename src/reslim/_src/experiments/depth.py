@@ -5,7 +5,7 @@ specs, and :class:`DepthKind`, whose tasks run on one torch thread at small widt
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt
 from ..training.data import Dataset, digits, gaussian_data
 from ..training.trainer import threads
 from .registry import ExperimentKind, Run, RunResult
+from .runs import RunConfig
 from .spec import StrictModel
 
 #: widths up to which a task runs on one torch thread (tiny GEMMs: more threads only contend,
@@ -49,21 +50,19 @@ def teacher_data(n_train: int = 256, n_test: int = 256, d_in: int = 16, d_out: i
                    Y_test=Y[n_train:], info={"hidden": hidden})
 
 
-def load_data(d: dict[str, Any]) -> Dataset:
-    """The :class:`Dataset` of a :class:`DataSpec` (as a dict)."""
-    kind = d["kind"]
-    if kind == "digits":
-        return digits(n_train=d["n_train"], seed=d["seed"])
-    if kind == "teacher":
-        return teacher_data(d["n_train"], d["n_test"], d["d_in"], d["d_out"], seed=d["seed"])
-    if kind == "gaussian":
-        return gaussian_data(d["n_train"], d["d_in"], d["d_out"], d["seed"])
-    if kind == "cifar10":
-        from ..training.cifar import cifar10
+def load_data(d: DataSpec | dict[str, Any]) -> Dataset:
+    """The :class:`Dataset` of a :class:`DataSpec` (or of its dict, as a run config stores it)."""
+    d = d if isinstance(d, DataSpec) else DataSpec.model_validate(d)
+    if d.kind == "digits":
+        return digits(n_train=d.n_train, seed=d.seed)
+    if d.kind == "teacher":
+        return teacher_data(d.n_train, d.n_test, d.d_in, d.d_out, seed=d.seed)
+    if d.kind == "gaussian":
+        return gaussian_data(d.n_train, d.d_in, d.d_out, d.seed)
+    from ..training.cifar import cifar10
 
-        return cifar10(d.get("dir"), n_train=d["n_train"], n_test=d["n_test"], seed=d["seed"],
-                       grayscale=d["grayscale"], pool=d["pool"])
-    raise ValueError(f"data.kind: unknown data kind {kind!r}")
+    return cifar10(d.dir, n_train=d.n_train, n_test=d.n_test, seed=d.seed, grayscale=d.grayscale,
+                   pool=d.pool)
 
 
 def check_data(data: DataSpec) -> None:
@@ -106,13 +105,21 @@ def finite_or_none(x: float) -> float | None:
 
 
 class DepthKind(ExperimentKind):
-    """The depth kinds: a task (runs of one width) executes on one torch thread up to
+    """The depth kinds: runs carry a typed config (:attr:`config_type`, read back from the stored
+    dict before a task executes); a task (runs of one width) executes on one torch thread up to
     :data:`ONE_THREAD_WIDTH` (the project's thread budget, :func:`reslim.threads`), on the current
     count above."""
 
-    def execute(self, runs: list[Run]) -> list[RunResult]:
-        with threads(1 if runs[0].config["width"] <= ONE_THREAD_WIDTH else None):
-            return self._execute(runs)
+    config_type: ClassVar[type[RunConfig]]
 
-    def _execute(self, runs: list[Run]) -> list[RunResult]:
+    def execute(self, runs: list[Run]) -> list[RunResult]:
+        configs = [self.config_type.from_dict(r.config) for r in runs]
+        with threads(1 if configs[0].width <= ONE_THREAD_WIDTH else None):
+            return self._execute(runs, configs)
+
+    def _execute(self, runs: list[Run], configs: list) -> list[RunResult]:
         raise NotImplementedError
+
+    def configs(self, spec, store) -> list[tuple[Any, Any]]:
+        """``(record, typed config)`` of ``spec``'s stored runs."""
+        return [(rec, self.config_type.from_dict(rec.config)) for rec in self.records(spec, store)]

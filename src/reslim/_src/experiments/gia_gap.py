@@ -5,6 +5,7 @@ ordinary and gradient-independent (GIA) training, one-layer blocks by default; r
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ from .depth import (
     sorted_depths,
 )
 from .registry import Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import ParamSpec, SpecBase
 
 
@@ -63,39 +65,51 @@ class GiaGapSpec(SpecBase):
 GAP_METRICS = ("loss_gap", "output_gap", "rel_loss_gap", "rel_output_gap")
 
 
+@dataclass(frozen=True)
+class GiaGapConfig(RunConfig):
+    """One ``gia-gap`` run: a (param, L, width) network of one seed, trained ordinarily and GIA."""
+
+    kind: Literal["gia-gap"]
+    param: str
+    L: int
+    width: int
+    block: str
+    activation: str
+    dtype: str
+    data: DataSpec
+    train: TrainSpec
+    seed: int
+
+
 class GiaGap(DepthKind):
     spec_model = GiaGapSpec
+    config_type = GiaGapConfig
 
     def expand(self, spec: GiaGapSpec) -> list[Run]:
         runs = []
+        W, N, K = spec.width, spec.data.n_train, spec.train.steps
         for param in spec.params:
             for L in spec.depths:
-                base = {"kind": "gia-gap", "param": param, "L": L, "width": spec.width,
-                        "block": spec.block, "activation": spec.activation, "dtype": spec.dtype,
-                        "data": spec.data.model_dump(mode="json"),
-                        "train": spec.train.model_dump(mode="json")}
-                group = run_key(base)
-                W, N, K = spec.width, spec.data.n_train, spec.train.steps
                 for rep in range(spec.seeds):
-                    cfg = {**base, "seed": spec.seed + rep}
-                    runs.append(Run("gia-gap", cfg, group=group, cost=2 * 6.0 * L * W * W * N * K,
-                                    mem=4.0 * L * W * W * 8, label=f"{param} L={L} seed={rep}"))
+                    cfg = GiaGapConfig("gia-gap", param, L, W, spec.block, spec.activation, spec.dtype,
+                                       spec.data, spec.train, seed=spec.seed + rep)
+                    runs.append(Run("gia-gap", cfg.to_dict(), group=run_key(cfg.without("seed")),
+                                    cost=2 * 6.0 * L * W * W * N * K, mem=4.0 * L * W * W * 8,
+                                    label=f"{param} L={L} seed={rep}"))
         return runs
 
-    def _execute(self, runs: list[Run]) -> list[RunResult]:
-        c = runs[0].config
+    def _execute(self, runs: list[Run], configs: list[GiaGapConfig]) -> list[RunResult]:
+        c = configs[0]
         t0 = time.perf_counter()
-        data = load_data(c["data"])
-        seeds = [r.config["seed"] for r in runs]
+        data = load_data(c.data)
+        seeds = [r.seed for r in configs]
         trajs = {}
         for mode in (False, True):
-            model = ResNet((c["L"], c["width"], c["width"]), param=c["param"], d_in=data.d_in,
-                           d_out=data.d_out, block=c["block"], activation=c["activation"],
-                           seeds=seeds, dtype=c["dtype"])
-            t = c["train"]
-            trajs[mode] = train(model, data, steps=t["steps"], lr=t["lr"], optimizer=t["optimizer"],
-                                loss=t["loss"], batch_size=batch_for(t["batch_size"], data),
-                                record=("loss", "outputs"),
+            model = ResNet((c.L, c.width, c.width), param=c.param, d_in=data.d_in, d_out=data.d_out,
+                           block=c.block, activation=c.activation, seeds=seeds, dtype=c.dtype)
+            t = c.train
+            trajs[mode] = train(model, data, steps=t.steps, lr=t.lr, optimizer=t.optimizer, loss=t.loss,
+                                batch_size=batch_for(t.batch_size, data), record=("loss", "outputs"),
                                 gia=mode)
         m = dd.gap_metrics(trajs[False], trajs[True])
         bad = trajs[False].diverged | trajs[True].diverged
@@ -109,9 +123,8 @@ class GiaGap(DepthKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in self.records(spec, store):
-            c = rec.config
-            row = {"param": c["param"], "L": c["L"], "seed": c["seed"], "diverged": rec.status != "done"}
+        for rec, c in self.configs(spec, store):
+            row = {"param": c.param, "L": c.L, "seed": c.seed, "diverged": rec.status != "done"}
             for k in (*GAP_METRICS, "loss_final", "loss_final_gia", "loss0"):
                 v = rec.metrics.get(k)
                 row[k] = np.nan if v is None else float(v)

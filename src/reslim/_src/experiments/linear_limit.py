@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -37,6 +38,7 @@ from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
 from ..training.trainer import train
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 #: docs/theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
@@ -163,10 +165,10 @@ def _jsonable(x):
     return [float(v) if math.isfinite(v) else None for v in arr]
 
 
-def _data(c: dict[str, Any]):
-    d = c["data"]
-    return linear_teacher(N=d["N"], d_in=d["d_in"], d_out=d["d_out"], x_norm=d["x_norm"], noise=d["noise"],
-                          seed=d["seed"])
+def _data(c: LimitConfig):
+    d = c.data
+    return linear_teacher(N=d.N, d_in=d.d_in, d_out=d.d_out, x_norm=d.x_norm, noise=d.noise,
+                          seed=d.seed)
 
 
 def effective_embeddings(net: ResNet) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -183,19 +185,20 @@ def effective_embeddings(net: ResNet) -> tuple[np.ndarray, np.ndarray, float, fl
 _LIMIT_CACHE: dict[str, Any] = {}
 
 
-def large_d_solution(c: dict[str, Any], alpha: float, embed_std: float, readout_std: float):
+def large_d_solution(c: LimitConfig, alpha: float, embed_std: float, readout_std: float):
     """The :class:`LargeDSolution` of a run's problem (cached per process)."""
     from ..limits.base import LimitProblem
     from ..limits.large_d import LargeDLimit
 
-    key = run_key({"data": c["data"], "train": c["train"], "S": c["limit"]["S"], "alpha": alpha,
+    d = c.to_dict()
+    key = run_key({"data": d["data"], "train": d["train"], "S": c.limit.S, "alpha": alpha,
                    "e": embed_std, "u": readout_std})
     if key not in _LIMIT_CACHE:
-        pb = LimitProblem(_data(c), K=c["train"]["steps"], eta=c["train"]["lr"], alpha=alpha,
-                          loss=c["train"]["loss"], activation="identity", embed_std=embed_std,
+        pb = LimitProblem(_data(c), K=c.train.steps, eta=c.train.lr, alpha=alpha,
+                          loss=c.train.loss, activation="identity", embed_std=embed_std,
                           readout_std=readout_std)
         _LIMIT_CACHE.clear()
-        _LIMIT_CACHE[key] = LargeDLimit(S=c["limit"]["S"]).solution(pb)
+        _LIMIT_CACHE[key] = LargeDLimit(S=c.limit.S).solution(pb)
     return _LIMIT_CACHE[key]
 
 
@@ -208,23 +211,74 @@ def _divergence(*errors: np.ndarray, threshold: float) -> int:
     return int(np.argmax(bad)) if bad.any() else -1
 
 
+@dataclass(frozen=True)
+class LimitConfig(RunConfig):
+    """What every ``linear-limit`` run config holds: the problem, the limit's depth steps, the
+    divergence threshold, and the repetition's seeds (``embed_seed``: the coupled W_e, W_u)."""
+
+    kind: str
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec
+    limit: LimitSpec
+    dtype: str
+    embed_dim_max: int
+    threshold: float
+    role: str
+    rep: int
+    seed: int
+    embed_seed: int
+
+
+@dataclass(frozen=True)
+class FiniteConfig(LimitConfig):
+    """A ``finite`` run: the repetition's network of ``shape`` (L, M, D) against both limits."""
+
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class LinearFiniteConfig(FiniteConfig):
+    """A ``linear-limit`` finite run; the figure shape's runs (``detail``) also store ``coordinates``
+    coordinates of h."""
+
+    detail: bool
+    coordinates: int
+
+
+@dataclass(frozen=True)
+class GapConfig(LimitConfig):
+    """A ``limit-gap`` run: MeanODE at dimension ``D`` against the large-D limit, same rows."""
+
+    D: int
+
+
 class LinearLimit(ExperimentKind):
     spec_model = LinearLimitSpec
     report_module = "reslim._src.report.linear_limit"
+    #: the typed configs of the two roles (the nonlinear kind has its own)
+    finite_config: ClassVar[type[FiniteConfig]] = LinearFiniteConfig
+    gap_config: ClassVar[type[GapConfig]] = GapConfig
+
+    def run_config(self, config: dict[str, Any]) -> LimitConfig:
+        """The typed config of a stored run config (by its role)."""
+        return (self.finite_config if config["role"] == "finite" else self.gap_config).from_dict(config)
+
+    def configs(self, runs: list[Run]) -> list:
+        return [self.run_config(r.config) for r in runs]
 
     def figure_solution(self, spec: LinearLimitSpec, config: dict[str, Any]):
         """The large-D limit of a finite run's problem (the coordinate figures draw it)."""
-        net = ResNet(Shape(1, 1, config["shape"][2]), param=spec.model.param.build(), d_in=spec.data.d_in,
+        c = self.run_config(config)
+        net = ResNet(Shape(1, 1, c.shape[2]), param=spec.model.param.build(), d_in=spec.data.d_in,
                      d_out=spec.data.d_out, activation="identity", seeds=[0])
         _, _, e_std, u_std = effective_embeddings(net)
-        return large_d_solution(config, float(net.param.alpha), e_std, u_std)
+        return large_d_solution(c, float(net.param.alpha), e_std, u_std)
 
     # --- expansion ----------------------------------------------------------------------------
     def common(self, spec: LinearLimitSpec) -> dict[str, Any]:
-        return {"kind": self.name, "model": spec.model.model_dump(mode="json"),
-                "data": spec.data.model_dump(mode="json"), "train": spec.train.model_dump(mode="json"),
-                "limit": spec.limit.model_dump(mode="json"), "dtype": spec.dtype,
-                "embed_dim_max": spec.embed_dim_max,
+        return {"kind": self.name, "model": spec.model, "data": spec.data, "train": spec.train,
+                "limit": spec.limit, "dtype": spec.dtype, "embed_dim_max": spec.embed_dim_max,
                 "threshold": spec.analysis.divergence_threshold}
 
     def finite_extra(self, spec: LinearLimitSpec, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -242,39 +296,40 @@ class LinearLimit(ExperimentKind):
         if "finite" in spec.roles:
             for L, M, D in (s.as_tuple() for s in spec.grid.shapes()):
                 for r in range(R):
-                    config = {**self.common(spec), "role": "finite", "shape": [L, M, D], "rep": r,
-                              "seed": _seed(spec.seed, 1, L, M, D, r), "embed_seed": emb[r],
-                              **self.finite_extra(spec, (L, M, D))}
+                    config = self.finite_config(**self.common(spec), role="finite", shape=[L, M, D], rep=r,
+                                                seed=_seed(spec.seed, 1, L, M, D, r), embed_seed=emb[r],
+                                                **self.finite_extra(spec, (L, M, D)))
                     runs.append(self._run(config))
         if "limit-gap" in spec.roles:
             for D in spec.limit_D:
                 for r in range(R_gap):
-                    config = {**self.common(spec), "role": "limit-gap", "D": D, "rep": r,
-                              "seed": _seed(spec.seed, 2, D, r), "embed_seed": emb[r]}
+                    config = self.gap_config(**self.common(spec), role="limit-gap", D=D, rep=r,
+                                             seed=_seed(spec.seed, 2, D, r), embed_seed=emb[r])
                     runs.append(self._run(config))
         return runs
 
-    def gap_cost(self, config: dict[str, Any]) -> float:
+    def gap_cost(self, config: GapConfig) -> float:
         """Flops estimate of one limit-gap run."""
-        K, N, D, S = config["train"]["steps"], config["data"]["N"], config["D"], config["limit"]["S"]
-        p = config["data"]["d_in"] + config["data"]["d_out"]
+        K, N, D, S = config.train.steps, config.data.N, config.D, config.limit.S
+        p = config.data.d_in + config.data.d_out
         return 1e6 * (K + 1) * S * p + 4.0 * (K + 1) * (S + 1) * N * D * p
 
-    def _run(self, config: dict[str, Any]) -> Run:
-        batch = {k: v for k, v in config.items() if k not in ("rep", "seed", "embed_seed")}
-        K, N = config["train"]["steps"], config["data"]["N"]
-        item = 8 if config["dtype"] == "float64" else 4
-        if config["role"] == "finite":
-            L, M, D = config["shape"]
+    def _run(self, config: LimitConfig) -> Run:
+        K, N = config.train.steps, config.data.N
+        item = 8 if config.dtype == "float64" else 4
+        if isinstance(config, FiniteConfig):
+            L, M, D = config.shape
             cost = 12.0 * L * M * D * N * (K + 1) + 3e5 * L * (K + 1)
             mem = 2.5 * L * M * D * item + 4.0 * (K + 1) * (L + 1) * N * D * 8
             label = f"finite (L={L}, M={M}, D={D})"
         else:
-            D, S = config["D"], config["limit"]["S"]
+            assert isinstance(config, GapConfig)
+            D, S = config.D, config.limit.S
             cost = self.gap_cost(config)
             mem = 4.0 * (K + 1) * (S + 1) * N * D * 8
             label = f"MeanODE vs large-D (D={D})"
-        return Run(self.name, config, group=run_key(batch), stage=1, cost=cost, mem=mem, label=label)
+        return Run(self.name, config.to_dict(), group=run_key(config.without("rep", "seed", "embed_seed")),
+                   stage=1, cost=cost, mem=mem, label=label)
 
     # --- execution (workers) ------------------------------------------------------------------
     def execute(self, runs: list[Run]) -> list[RunResult]:
@@ -283,13 +338,12 @@ class LinearLimit(ExperimentKind):
         return self._execute_gap(runs)
 
     def _net(self, runs: list[Run], shape: tuple[int, int, int]) -> ResNet:
-        c = runs[0].config
-        param = ParamSpec.model_validate(c["model"]["param"]).build()
-        return ResNet(Shape(*shape), param=param, d_in=c["data"]["d_in"], d_out=c["data"]["d_out"],
-                      block=c["model"]["block"], activation=c["model"]["activation"],
-                      seeds=[r.config["seed"] for r in runs],
-                      embed_seed=[r.config["embed_seed"] for r in runs],
-                      embed_dim_max=c["embed_dim_max"], dtype=c["dtype"])
+        configs = self.configs(runs)
+        c = configs[0]
+        return ResNet(Shape(*shape), param=c.model.param.build(), d_in=c.data.d_in, d_out=c.data.d_out,
+                      block=c.model.block, activation=c.model.activation, seeds=[r.seed for r in configs],
+                      embed_seed=[r.embed_seed for r in configs], embed_dim_max=c.embed_dim_max,
+                      dtype=c.dtype)
 
     def _execute_finite(self, runs: list[Run]) -> list[RunResult]:
         """One batched ResNet for the R repetitions of a shape; errors against LargeDLimit
@@ -298,14 +352,14 @@ class LinearLimit(ExperimentKind):
         from ..limits.mean_ode import MeanODE
 
         t0 = time.perf_counter()
-        c = runs[0].config
-        L, M, D = c["shape"]
-        K = c["train"]["steps"]
+        c = self.run_config(runs[0].config)
+        L, M, D = c.shape
+        K = c.train.steps
         net = self._net(runs, (L, M, D))
         alpha = float(net.param.alpha)
         W_e, W_u, e_std, u_std = effective_embeddings(net)
         data = _data(c)
-        traj = train(net, data, steps=K, lr=c["train"]["lr"], optimizer="gd", loss=c["train"]["loss"],
+        traj = train(net, data, steps=K, lr=c.train.lr, optimizer="gd", loss=c.train.loss,
                      record=("loss", "outputs", "hidden"))
         del net
         h = traj.hidden  # (K+1, B, L+1, N, D)
@@ -320,9 +374,9 @@ class LinearLimit(ExperimentKind):
             out = np.sqrt(((traj.outputs - sol.outputs[:, None]) ** 2).mean(axis=(2, 3)))
         del H
         # Mean ODE at the same D, W_e, W_u: h_k(s_l) = Q a_k(s_l)
-        pb = LimitProblem(data, K=K, eta=c["train"]["lr"], alpha=alpha, loss=c["train"]["loss"],
+        pb = LimitProblem(data, K=K, eta=c.train.lr, alpha=alpha, loss=c.train.loss,
                           activation="identity", W_e=W_e, W_u=W_u, embed_std=e_std, readout_std=u_std)
-        coef, Q = MeanODE(S=c["limit"]["S"]).coefficients(pb)
+        coef, Q = MeanODE(S=c.limit.S).coefficients(pb)
         a_ode = coef.at_depths("a", depth)  # (K+1, B, L+1, p, N)
         h_ode = np.einsum("kbspn,bdp->kbsnd", a_ode, Q)
         ode_emb = max_layer_mean_abs_error(h, h_ode)
@@ -330,9 +384,9 @@ class LinearLimit(ExperimentKind):
             ode_out = np.sqrt(((traj.outputs - coef.outputs) ** 2).mean(axis=(2, 3)))
         seconds = (time.perf_counter() - t0) / len(runs)
         results = []
-        n_coord = min(int(c.get("coordinates", 0)), D)
+        n_coord = min(int(getattr(c, "coordinates", 0)), D)
         for b, run in enumerate(runs):
-            div = _divergence(emb[:, b], out[:, b], traj.loss[:, b], threshold=c["threshold"])
+            div = _divergence(emb[:, b], out[:, b], traj.loss[:, b], threshold=c.threshold)
             e, o, oe, oo = (v[:, b].copy() for v in (emb, out, ode_emb, ode_out))
             if div >= 0:
                 for v in (e, o, oe, oo):
@@ -342,7 +396,7 @@ class LinearLimit(ExperimentKind):
                        "embedding_error": _jsonable(e), "output_error": _jsonable(o),
                        "ode_embedding_error": _jsonable(oe), "ode_output_error": _jsonable(oo)}
             arrays = {"loss": traj.loss[:, b], "outputs": traj.outputs[:, b]}
-            if c.get("detail"):
+            if getattr(c, "detail", False):
                 arrays["h_last"] = h[:, b, -1]  # (K+1, N, D)
                 arrays["h_coords"] = h[:, b, :, :, :n_coord]  # (K+1, L+1, N, n)
                 arrays["ode_coords"] = h_ode[:, b, :, :, :n_coord]
@@ -357,16 +411,16 @@ class LinearLimit(ExperimentKind):
         from ..limits.mean_ode import MeanODE
 
         t0 = time.perf_counter()
-        c = runs[0].config
-        D, K = c["D"], c["train"]["steps"]
+        c = self.run_config(runs[0].config)
+        D, K = c.D, c.train.steps
         net = self._net(runs, (1, 1, D))
         alpha = float(net.param.alpha)
         W_e, W_u, e_std, u_std = effective_embeddings(net)
         del net
         sol = large_d_solution(c, alpha, e_std, u_std)
-        pb = LimitProblem(_data(c), K=K, eta=c["train"]["lr"], alpha=alpha, loss=c["train"]["loss"],
+        pb = LimitProblem(_data(c), K=K, eta=c.train.lr, alpha=alpha, loss=c.train.loss,
                           activation="identity", W_e=W_e, W_u=W_u, embed_std=e_std, readout_std=u_std)
-        coef, Q = MeanODE(S=c["limit"]["S"]).coefficients(pb)
+        coef, Q = MeanODE(S=c.limit.S).coefficients(pb)
         # h - H = Q (a_D - a_oo) coordinate-wise: both are linear in the rows z_d = Q[d]
         diff = coef.on_grid("a") - sol.coef.on_grid("a")  # (K+1, B, S+1, p, N)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -375,7 +429,7 @@ class LinearLimit(ExperimentKind):
         seconds = (time.perf_counter() - t0) / len(runs)
         results = []
         for b, run in enumerate(runs):
-            div = _divergence(emb[:, b], out[:, b], threshold=c["threshold"])
+            div = _divergence(emb[:, b], out[:, b], threshold=c.threshold)
             e, o = emb[:, b].copy(), out[:, b].copy()
             if div >= 0:
                 e[div:] = o[div:] = np.nan

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -45,6 +46,8 @@ from ..training.trainer import train
 from .convergence import DataSpec as GaussianDataSpec  # reslim.gaussian_data: X, Y i.i.d. N(0, 1)
 from .convergence import ModelSpec
 from .linear_limit import (
+    FiniteConfig,
+    GapConfig,
     LinearLimit,
     TriangleSpec,
     TriangleSpecBase,
@@ -136,30 +139,30 @@ class NonlinearLimitSpec(TriangleSpecBase):
 
 
 # --- the sampled limits, one solve per scramble ----------------------------------------------------
-def _data(c: dict[str, Any]):
-    d = c["data"]
-    return gaussian_data(N=d["N"], d_in=d["d_in"], d_out=d["d_out"], seed=d["seed"])
+def _data(c: NonlinearConfig):
+    d = c.data
+    return gaussian_data(N=d.N, d_in=d.d_in, d_out=d.d_out, seed=d.seed)
 
 
-def _problem(c: dict[str, Any], alpha: float, e_std: float, u_std: float, W_e=None, W_u=None):
+def _problem(c: NonlinearConfig, alpha: float, e_std: float, u_std: float, W_e=None, W_u=None):
     from ..limits.base import LimitProblem
 
     return LimitProblem(_data(c),
-                        K=c["train"]["steps"], eta=c["train"]["lr"], alpha=alpha, loss=c["train"]["loss"],
-                        activation=c["model"]["activation"], W_e=W_e, W_u=W_u, embed_std=e_std,
+                        K=c.train.steps, eta=c.train.lr, alpha=alpha, loss=c.train.loss,
+                        activation=c.model.activation, W_e=W_e, W_u=W_u, embed_std=e_std,
                         readout_std=u_std)
 
 
-def _scramble_limits(c: dict[str, Any], large: bool) -> list:
+def _scramble_limits(c: NonlinearConfig, large: bool) -> list:
     """One limit per scramble j (replicas=1, its own seed; the same seeds for both limits)."""
     from ..limits.large_d import LargeDLimit
     from ..limits.mean_ode import MeanODE
 
-    lim = c["limit"]
+    lim = c.limit
     cls = LargeDLimit if large else MeanODE
-    per = lim["samples"] // lim["replicas"]
-    return [cls(S=lim["S"], method="sampled", samples=per, replicas=1, seed=_seed(lim["seed"], 7, j),
-                device=lim["device"], record_hidden=False) for j in range(lim["replicas"])]
+    per = lim.samples // lim.replicas
+    return [cls(S=lim.S, method="sampled", samples=per, replicas=1, seed=_seed(lim.seed, 7, j),
+                device=lim.device, record_hidden=False) for j in range(lim.replicas)]
 
 
 class Scrambles:
@@ -215,12 +218,13 @@ _LARGE_D_CACHE: dict[str, Scrambles] = {}
 _CACHE_ENTRIES = 256
 
 
-def _problem_key(c: dict[str, Any], alpha: float, e_std: float, u_std: float) -> str:
-    return run_key({"data": c["data"], "train": c["train"], "limit": c["limit"], "model": c["model"],
+def _problem_key(c: NonlinearConfig, alpha: float, e_std: float, u_std: float) -> str:
+    d = c.to_dict()
+    return run_key({"data": d["data"], "train": d["train"], "limit": d["limit"], "model": d["model"],
                     "alpha": alpha, "e": e_std, "u": u_std})
 
 
-def mean_ode_scrambles(c: dict[str, Any], alpha: float, e_std: float, u_std: float, W_e: np.ndarray,
+def mean_ode_scrambles(c: NonlinearConfig, alpha: float, e_std: float, u_std: float, W_e: np.ndarray,
                        W_u: np.ndarray) -> Scrambles:
     """The fixed-D MeanODE of each draw (B, D, .), per scramble; draws solved before (same problem,
     same bytes of W_e, W_u) are taken from the per-process cache, the others solved as one batch."""
@@ -237,7 +241,7 @@ def mean_ode_scrambles(c: dict[str, Any], alpha: float, e_std: float, u_std: flo
     return Scrambles.stack([_ODE_CACHE[k] for k in keys])
 
 
-def large_d_scrambles(c: dict[str, Any], alpha: float, e_std: float, u_std: float) -> Scrambles:
+def large_d_scrambles(c: NonlinearConfig, alpha: float, e_std: float, u_std: float) -> Scrambles:
     """The large-D limit per scramble (B = 1; one solve for every D and draw, cached)."""
     pk = _problem_key(c, alpha, e_std, u_std)
     if pk not in _LARGE_D_CACHE:
@@ -287,9 +291,35 @@ def output_errors(y_lim: np.ndarray, y: np.ndarray | None = None) -> dict[str, n
                 "stderr": np.sqrt(y_lim.var(axis=0, ddof=1).mean(axis=(-1, -2)) / R)}
 
 
+@dataclass(frozen=True)
+class NonlinearFiniteConfig(FiniteConfig):
+    """A ``nonlinear-limit`` finite run (the nonlinear kind's spec sections)."""
+
+    model: NonlinearModelSpec
+    data: GaussianDataSpec
+    train: GDTrainSpec
+    limit: SampledLimitSpec
+
+
+@dataclass(frozen=True)
+class NonlinearGapConfig(GapConfig):
+    """A ``nonlinear-limit`` limit-gap run: the sampled MeanODE at ``D`` against the sampled large-D limit."""
+
+    model: NonlinearModelSpec
+    data: GaussianDataSpec
+    train: GDTrainSpec
+    limit: SampledLimitSpec
+
+
+#: a nonlinear-limit run's typed config, either role
+NonlinearConfig = NonlinearFiniteConfig | NonlinearGapConfig
+
+
 class NonlinearLimit(LinearLimit):
     spec_model = NonlinearLimitSpec
     report_module = "reslim._src.report.nonlinear_limit"
+    finite_config = NonlinearFiniteConfig
+    gap_config = NonlinearGapConfig
 
     def finite_extra(self, spec, shape) -> dict[str, Any]:
         return {}
@@ -297,14 +327,14 @@ class NonlinearLimit(LinearLimit):
     def gap_repetitions(self, spec: NonlinearLimitSpec) -> int:
         return spec.triangle.repetitions or spec.repetitions
 
-    def gap_cost(self, config: dict[str, Any]) -> float:
-        lim, K, N = config["limit"], config["train"]["steps"], config["data"]["N"]
-        p = config["data"]["d_in"] + config["data"]["d_out"]
-        return (30.0 * (K + 1) * lim["S"] * lim["samples"] * p * N
-                + 4.0 * (K + 1) * (lim["S"] + 1) * N * config["D"] * p)
+    def gap_cost(self, config: GapConfig) -> float:
+        lim, K, N = config.limit, config.train.steps, config.data.N
+        p = config.data.d_in + config.data.d_out
+        return (30.0 * (K + 1) * lim.S * lim.samples * p * N
+                + 4.0 * (K + 1) * (lim.S + 1) * N * config.D * p)
 
     def _limits(self, runs, net):
-        c = runs[0].config
+        c = self.run_config(runs[0].config)
         alpha = float(net.param.alpha)
         W_e, W_u, e_std, u_std = effective_embeddings(net)
         ode = mean_ode_scrambles(c, alpha, e_std, u_std, W_e, W_u)
@@ -313,11 +343,11 @@ class NonlinearLimit(LinearLimit):
     def _results(self, runs, metrics: dict[str, np.ndarray], check: list[str], arrays, extra, t0):
         """One result per run from metrics (K+1, B); diverged from the first step where any metric
         in ``check`` is non-finite or above the threshold (metrics NaN from there)."""
-        c = runs[0].config
+        c = self.run_config(runs[0].config)
         seconds = (time.perf_counter() - t0) / len(runs)
         results = []
         for b, run in enumerate(runs):
-            div = _divergence(*(metrics[m][:, b] for m in check), threshold=c["threshold"])
+            div = _divergence(*(metrics[m][:, b] for m in check), threshold=c.threshold)
             out = {"diverged_at": div, **{k: v[b] for k, v in extra.items()}}
             for name, v in metrics.items():
                 v = np.broadcast_to(v, (v.shape[0], len(runs)))[:, b].copy()
@@ -330,12 +360,12 @@ class NonlinearLimit(LinearLimit):
 
     def _execute_finite(self, runs):
         t0 = time.perf_counter()
-        c = runs[0].config
-        L = c["shape"][0]
-        net = self._net(runs, tuple(c["shape"]))
+        c = self.run_config(runs[0].config)
+        L = c.shape[0]
+        net = self._net(runs, tuple(c.shape))
         E, ode, large = self._limits(runs, net)
-        traj = train(net, _data(c), steps=c["train"]["steps"], lr=c["train"]["lr"],
-                     optimizer="gd", loss=c["train"]["loss"], record=("loss", "outputs", "hidden"))
+        traj = train(net, _data(c), steps=c.train.steps, lr=c.train.lr,
+                     optimizer="gd", loss=c.train.loss, record=("loss", "outputs", "hidden"))
         del net
         depth = np.arange(L + 1) / L
         metrics = {}
@@ -359,8 +389,8 @@ class NonlinearLimit(LinearLimit):
         """MeanODE (the draws at once) vs LargeDLimit with the same rows, on the grid i/S, per
         scramble (common random numbers), then the mean and spread over scrambles."""
         t0 = time.perf_counter()
-        c = runs[0].config
-        net = self._net(runs, (1, 1, c["D"]))
+        c = self.run_config(runs[0].config)
+        net = self._net(runs, (1, 1, c.D))
         E, ode, large = self._limits(runs, net)
         del net
         diff = ode.on_grid() - large.on_grid()  # (R_s, K+1, B, S+1, r, N)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, PositiveInt
 
 from .registry import ExperimentKind, Run, RunResult, register_experiment
+from .runs import RunConfig
 from .spec import SpecBase
 
 
@@ -35,15 +37,31 @@ class ProbeSpec(SpecBase):
     log: str = ""
 
 
+@dataclass(frozen=True)
+class ProbeConfig(RunConfig):
+    """One ``probe`` run: ``work`` products of a random ``size x size`` matrix, run ``i``."""
+
+    kind: str
+    i: int
+    size: int
+    work: int
+    sleep: float
+    fail: bool
+    die: bool
+    marker_dir: str
+    log: str
+    dtype: str
+
+
 class Probe(ExperimentKind):
     spec_model = ProbeSpec
 
     def expand(self, spec: ProbeSpec) -> list[Run]:
         runs = []
         for i in range(spec.runs):
-            config = {"kind": "probe", "i": i, "size": spec.size, "work": spec.work, "sleep": spec.sleep,
-                      "fail": i in spec.fail, "die": i in spec.die, "marker_dir": spec.marker_dir,
-                      "log": spec.log, "dtype": spec.dtype}
+            config = ProbeConfig("probe", i, spec.size, spec.work, spec.sleep, fail=i in spec.fail,
+                                 die=i in spec.die, marker_dir=spec.marker_dir, log=spec.log,
+                                 dtype=spec.dtype).to_dict()
             runs.append(Run("probe", config, group=f"g{i // spec.group_size}", cost=float(spec.work + 1),
                             mem=2.0 * spec.size**2 * 8, label=f"probe {i}"))
         return runs
@@ -54,28 +72,28 @@ class Probe(ExperimentKind):
     def _one(self, run: Run) -> RunResult:
         import torch
 
-        c = run.config
-        if c["log"]:
-            with open(c["log"], "a") as f:
+        c = ProbeConfig.from_dict(run.config)
+        if c.log:
+            with open(c.log, "a") as f:
                 f.write(f"{run.key} {os.getpid()}\n")
-        if c["die"]:
-            marker = Path(c["marker_dir"] or ".") / f"die-{c['i']}"
+        if c.die:
+            marker = Path(c.marker_dir or ".") / f"die-{c.i}"
             if not marker.exists():
                 marker.touch()
                 os._exit(3)
-        if c["fail"]:
-            raise RuntimeError(f"probe run {c['i']} fails on purpose")
+        if c.fail:
+            raise RuntimeError(f"probe run {c.i} fails on purpose")
         t0 = time.perf_counter()
-        if c["sleep"]:
-            time.sleep(c["sleep"])
-        dtype = torch.float64 if c["dtype"] == "float64" else torch.float32
-        g = torch.Generator().manual_seed(c["i"])
-        a = torch.randn(c["size"], c["size"], generator=g, dtype=dtype) / c["size"] ** 0.5
-        x = torch.eye(c["size"], dtype=dtype)
-        for _ in range(c["work"]):
+        if c.sleep:
+            time.sleep(c.sleep)
+        dtype = torch.float64 if c.dtype == "float64" else torch.float32
+        g = torch.Generator().manual_seed(c.i)
+        a = torch.randn(c.size, c.size, generator=g, dtype=dtype) / c.size**0.5
+        x = torch.eye(c.size, dtype=dtype)
+        for _ in range(c.work):
             x = torch.tanh(a @ x)
         checksum = float(x.sum())
-        return RunResult(run.key, "done", {"checksum": checksum, "i": c["i"]},
+        return RunResult(run.key, "done", {"checksum": checksum, "i": c.i},
                          {"diag": x.diagonal().numpy().copy()}, seconds=time.perf_counter() - t0)
 
 

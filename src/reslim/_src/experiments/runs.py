@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
+from pydantic import BaseModel
 
 STATUSES = ("done", "diverged", "failed")
 FINISHED = ("done", "diverged")
@@ -69,3 +70,41 @@ class RunResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Base of the typed run configs: one frozen dataclass per kind (and role) whose fields are a
+    run's config, in the order and with the types the kind stores them.
+
+    ``to_dict()`` is the JSON-able config a :class:`Run` carries and the store keeps (a spec
+    section, a pydantic model, as its ``model_dump(mode="json")``); ``from_dict`` reads one back
+    (those sections validated into their models again). The key is :func:`run_key` of
+    ``to_dict()``, so a typed config and the dict it replaced have the same key.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]):
+        hints = get_type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            if f.name not in config:
+                raise KeyError(f"{cls.__name__}: the run config has no {f.name!r}")
+            v, t = config[f.name], hints[f.name]
+            values[f.name] = t.model_validate(v) if isinstance(t, type) and issubclass(t, BaseModel) else v
+        return cls(**values)
+
+    @property
+    def key(self) -> str:
+        return run_key(self.to_dict())
+
+    def without(self, *names: str) -> dict[str, Any]:
+        """``to_dict()`` without ``names`` (e.g. a batch's group: the config less its seed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in names}
+
+
+def _plain(v: Any) -> Any:
+    return v.model_dump(mode="json") if isinstance(v, BaseModel) else v

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -24,6 +25,7 @@ from .depth import (
     sorted_depths,
 )
 from .registry import Run, RunResult, register_experiment, run_key
+from .runs import RunConfig
 from .spec import ParamSpec, SpecBase, StrictModel
 
 
@@ -83,8 +85,28 @@ class TransferSpec(SpecBase):
         return [float(2.0**k) for k in np.arange(lo, hi + 1e-9, self.lr_step)]
 
 
+@dataclass(frozen=True)
+class TransferConfig(RunConfig):
+    """One ``transfer`` run: a (dataset, param, width, L) network of one seed at one learning rate."""
+
+    kind: Literal["transfer"]
+    dataset: str
+    data: DataSpec
+    param: str
+    options: dict[str, float | int | str]
+    L: int
+    width: int
+    block: str
+    activation: str
+    dtype: str
+    train: TrainSpec
+    lr: float
+    seed: int
+
+
 class Transfer(DepthKind):
     spec_model = TransferSpec
+    config_type = TransferConfig
 
     def expand(self, spec: TransferSpec) -> list[Run]:
         runs = []
@@ -92,31 +114,27 @@ class Transfer(DepthKind):
             for p in spec.params:
                 for W in spec.widths:
                     for L in spec.depths:
-                        base = {"kind": "transfer", "dataset": d.kind, "data": d.model_dump(mode="json"),
-                                "param": p.name, "options": dict(p.options), "L": L, "width": W,
-                                "block": spec.block, "activation": spec.activation, "dtype": spec.dtype,
-                                "train": spec.train.model_dump(mode="json")}
-                        group = run_key(base)
                         cost = 6.0 * L * W * W * d.n_train * spec.train.steps
                         for lr in spec.grid(p):
                             for rep in range(spec.seeds):
-                                runs.append(Run("transfer", {**base, "lr": lr, "seed": spec.seed + rep},
-                                                group=group, cost=cost, mem=4.0 * L * W * W * 4,
+                                cfg = TransferConfig("transfer", d.kind, d, p.name, dict(p.options), L, W,
+                                                     spec.block, spec.activation, spec.dtype, spec.train,
+                                                     lr=lr, seed=spec.seed + rep)
+                                group = run_key(cfg.without("lr", "seed"))
+                                runs.append(Run("transfer", cfg.to_dict(), group=group, cost=cost,
+                                                mem=4.0 * L * W * W * 4,
                                                 label=f"{d.kind} {p.name} W={W} L={L} lr={lr:g}"))
         return runs
 
-    def _execute(self, runs: list[Run]) -> list[RunResult]:
-        c = runs[0].config
+    def _execute(self, runs: list[Run], configs: list[TransferConfig]) -> list[RunResult]:
+        c = configs[0]
         t0 = time.perf_counter()
-        data = load_data(c["data"])
-        t = c["train"]
-        df = tr.lr_sweep(data, param=c["param"], param_options=c["options"], depths=[c["L"]],
-                         widths=[c["width"]], lrs=[], steps=t["steps"],
-                         networks=[(r.config["lr"], r.config["seed"]) for r in runs],
-                         optimizer=t["optimizer"], batch_size=batch_for(t["batch_size"], data),
-                         loss=t["loss"],
-                         block=c["block"], activation=c["activation"], dtype=c["dtype"],
-                         dataset=c["dataset"])
+        data = load_data(c.data)
+        t = c.train
+        df = tr.lr_sweep(data, param=c.param, param_options=c.options, depths=[c.L], widths=[c.width],
+                         lrs=[], steps=t.steps, networks=[(r.lr, r.seed) for r in configs],
+                         optimizer=t.optimizer, batch_size=batch_for(t.batch_size, data), loss=t.loss,
+                         block=c.block, activation=c.activation, dtype=c.dtype, dataset=c.dataset)
         sec = (time.perf_counter() - t0) / len(runs)
         out = []
         for run, row in zip(runs, df.to_dict("records"), strict=True):
@@ -126,14 +144,13 @@ class Transfer(DepthKind):
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []
-        for rec in self.records(spec, store):
-            c = rec.config
+        for rec, c in self.configs(spec, store):
             if rec.status == "failed":
                 continue
             bad = rec.status != "done"
             fl, tl = rec.metrics.get("final_loss"), rec.metrics.get("test_loss")
-            rows.append({"dataset": c["dataset"], "param": c["param"], "L": c["L"], "width": c["width"],
-                         "lr": c["lr"], "seed": c["seed"], "diverged": bad,
+            rows.append({"dataset": c.dataset, "param": c.param, "L": c.L, "width": c.width,
+                         "lr": c.lr, "seed": c.seed, "diverged": bad,
                          "final_loss": math.inf if bad or fl is None else fl,
                          "test_loss": math.inf if bad else (math.nan if tl is None else tl)})
         return pd.DataFrame(rows)
