@@ -40,6 +40,7 @@ import torch
 from ..models.resnet import ResNet
 from ..scaling.parameterization import Parameterization, get_parameterization
 from ..scaling.shapes import Shape
+from ..training import trainer
 from ..training.data import Dataset, gaussian_data
 from ..training.trainer import train
 
@@ -131,13 +132,8 @@ def measure(
     if not seeds:
         raise ValueError("seeds must name at least one network")
     data = data if data is not None else gaussian_data(N=10, d_in=5, d_out=5, seed=0)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
+    with trainer.threads(None if threads is None else int(threads)):  # the one thread-budget helper
         frames = _sweep(p, axis, sizes, base, block, activation, optimizer, lr, steps, loss, seeds, data)
-    finally:
-        torch.set_num_threads(old_threads)
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "optimizer", optimizer)
     out.insert(0, "param", p.name)

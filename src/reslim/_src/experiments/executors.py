@@ -88,16 +88,10 @@ def _execute(kind, runs: list[Run]) -> list[RunResult]:
 def execute_task(task: Task, threads: int | None = None) -> list[RunResult]:
     """Worker entry point: execute a task (with ``threads`` torch threads if given), isolating
     failures to single runs."""
-    if threads is None:
-        return _execute_task(task)
-    import torch
+    from ..training.trainer import threads as thread_count
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with thread_count(threads):  # the one thread-budget helper (None: as it is)
         return _execute_task(task)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _execute_task(task: Task) -> list[RunResult]:
