@@ -10,28 +10,28 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from ..diagnostics import depth as dd
 from .depth import (
     AnalysisSpec,
     DataSpec,
+    DepthConfig,
     DepthKind,
+    Depths,
     TrainSpec,
     batch_for,
     check_data,
     finite_or_none,
     load_data,
-    sorted_depths,
 )
 from .registry import Run, RunResult, register_experiment, run_key
-from .runs import RunConfig
 from .spec import SpecBase
 
 
 class CollapseSpec(SpecBase):
     kind: Literal["collapse"] = "collapse"
-    depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+    depths: Depths = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
     width: PositiveInt = 32
     seeds: PositiveInt = 2
     seed: int = 0
@@ -43,11 +43,6 @@ class CollapseSpec(SpecBase):
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec(steps=30)
     analysis: AnalysisSpec = AnalysisSpec()
-
-    @field_validator("depths")
-    @classmethod
-    def _v_depths(cls, v: list[int]) -> list[int]:
-        return sorted_depths(v)
 
     @model_validator(mode="after")
     def _check(self):
@@ -61,20 +56,12 @@ class CollapseSpec(SpecBase):
 
 
 @dataclass(frozen=True)
-class CollapseConfig(RunConfig):
+class CollapseConfig(DepthConfig):
     """One ``collapse`` run: an (optimizer, correction, L) two-layer depth-muP network of one seed."""
 
-    kind: Literal["collapse"]
     optimizer: str
     correction: float
-    L: int
-    width: int
     lr: float
-    activation: str
-    dtype: str
-    data: DataSpec
-    train: TrainSpec
-    seed: int
 
 
 class Collapse(DepthKind):
@@ -88,9 +75,9 @@ class Collapse(DepthKind):
             for corr in spec.corrections:
                 for L in spec.depths:
                     for rep in range(spec.seeds):
-                        cfg = CollapseConfig("collapse", opt, float(corr), L, W, spec.lr[opt],
-                                             spec.activation, spec.dtype, spec.data, spec.train,
-                                             seed=spec.seed + rep)
+                        cfg = CollapseConfig("collapse", L, W, spec.activation, spec.dtype, spec.data,
+                                             spec.train, seed=spec.seed + rep, optimizer=opt,
+                                             correction=float(corr), lr=spec.lr[opt])
                         runs.append(Run("collapse", cfg.to_dict(), group=run_key(cfg.without("seed")),
                                         cost=6.0 * L * W * W * spec.data.n_train * spec.train.steps,
                                         mem=6.0 * L * W * W * 8,
@@ -107,14 +94,11 @@ class Collapse(DepthKind):
             corrections=[c.correction], lr=c.lr, steps=t.steps,
             batch_size=batch_for(t.batch_size, data) if c.optimizer != "gd" else None, loss=t.loss,
             activation=c.activation, dtype=c.dtype)
-        sec = (time.perf_counter() - t0) / len(runs)
-        out = []
-        for run, row in zip(runs, df.to_dict("records"), strict=True):
-            metrics = {k: finite_or_none(row[k]) for k in row if k.startswith("d") and k != "diverged"}
-            metrics.update(loss0=finite_or_none(row["loss0"]), loss_final=finite_or_none(row["loss_final"]))
-            out.append(RunResult(run.key, "diverged" if row["diverged"] else "done", metrics,
-                                 seconds=sec))
-        return out
+        def metrics(row):
+            out = {k: finite_or_none(row[k]) for k in row if k.startswith("d") and k != "diverged"}
+            return {**out, **{k: finite_or_none(row[k]) for k in ("loss0", "loss_final")}}
+
+        return self.results(runs, df.to_dict("records"), metrics, t0)
 
     def table(self, spec, store) -> pd.DataFrame:
         rows = []

@@ -5,10 +5,11 @@ specs, and :class:`DepthKind`, whose tasks run on one torch thread at small widt
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt
 
 from ..training.data import Dataset, digits, gaussian_data
 from ..training.trainer import threads
@@ -86,12 +87,16 @@ class AnalysisSpec(StrictModel):
 
 
 def sorted_depths(v: list[int]) -> list[int]:
-    """A spec's depths, sorted and without repeats (at least one, all positive)."""
+    """A spec's depths, sorted and without repeats (at least one, all positive): :data:`Depths`."""
     if not v:
         raise ValueError("must list at least one depth")
     if any(x < 1 for x in v):
         raise ValueError("depths must be positive")
     return sorted(set(v))
+
+
+#: a spec's ``depths`` field: positive, sorted, no repeats, at least one
+Depths = Annotated[list[PositiveInt], AfterValidator(sorted_depths)]
 
 
 def batch_for(batch_size: int | None, data: Dataset) -> int | None:
@@ -104,13 +109,28 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+@dataclass(frozen=True)
+class DepthConfig(RunConfig):
+    """What every depth run config holds: an ``(L, width, width)`` network of one seed trained on
+    ``data``; each kind adds its own fields."""
+
+    kind: str
+    L: int
+    width: int
+    activation: str
+    dtype: str
+    data: DataSpec
+    train: TrainSpec
+    seed: int
+
+
 class DepthKind(ExperimentKind):
     """The depth kinds: runs carry a typed config (:attr:`config_type`, read back from the stored
     dict before a task executes); a task (runs of one width) executes on one torch thread up to
     :data:`ONE_THREAD_WIDTH` (the project's thread budget, :func:`reslim.threads`), on the current
     count above."""
 
-    config_type: ClassVar[type[RunConfig]]
+    config_type: ClassVar[type[DepthConfig]]
 
     def execute(self, runs: list[Run]) -> list[RunResult]:
         configs = [self.config_type.from_dict(r.config) for r in runs]
@@ -119,6 +139,16 @@ class DepthKind(ExperimentKind):
 
     def _execute(self, runs: list[Run], configs: list) -> list[RunResult]:
         raise NotImplementedError
+
+    @staticmethod
+    def results(runs: list[Run], rows: list[dict[str, Any]], metrics, t0: float) -> list[RunResult]:
+        """One result per run from its row of a diagnostics table (``diverged`` flags it);
+        ``metrics(row)`` picks the stored metrics; the task's seconds are shared equally."""
+        import time
+
+        sec = (time.perf_counter() - t0) / len(runs)
+        return [RunResult(run.key, "diverged" if row["diverged"] else "done", metrics(row), seconds=sec)
+                for run, row in zip(runs, rows, strict=True)]
 
     def configs(self, spec, store) -> list[tuple[Any, Any]]:
         """``(record, typed config)`` of ``spec``'s stored runs."""

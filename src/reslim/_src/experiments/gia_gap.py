@@ -18,23 +18,23 @@ from ..training.trainer import train
 from .depth import (
     AnalysisSpec,
     DataSpec,
+    DepthConfig,
     DepthKind,
+    Depths,
     TrainSpec,
     batch_for,
     check_data,
     finite_or_none,
     load_data,
-    sorted_depths,
 )
 from .registry import Run, RunResult, register_experiment, run_key
-from .runs import RunConfig
 from .spec import ParamSpec, SpecBase
 
 
 class GiaGapSpec(SpecBase):
     kind: Literal["gia-gap"] = "gia-gap"
     params: list[str] = Field(default_factory=lambda: ["depth-mup", "mup"], min_length=1)
-    depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+    depths: Depths = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
     width: PositiveInt = 64
     seeds: PositiveInt = 3
     seed: int = 0
@@ -43,11 +43,6 @@ class GiaGapSpec(SpecBase):
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     analysis: AnalysisSpec = AnalysisSpec()
-
-    @field_validator("depths")
-    @classmethod
-    def _v_depths(cls, v: list[int]) -> list[int]:
-        return sorted_depths(v)
 
     @field_validator("params")
     @classmethod
@@ -66,19 +61,11 @@ GAP_METRICS = ("loss_gap", "output_gap", "rel_loss_gap", "rel_output_gap")
 
 
 @dataclass(frozen=True)
-class GiaGapConfig(RunConfig):
+class GiaGapConfig(DepthConfig):
     """One ``gia-gap`` run: a (param, L, width) network of one seed, trained ordinarily and GIA."""
 
-    kind: Literal["gia-gap"]
     param: str
-    L: int
-    width: int
     block: str
-    activation: str
-    dtype: str
-    data: DataSpec
-    train: TrainSpec
-    seed: int
 
 
 class GiaGap(DepthKind):
@@ -91,8 +78,8 @@ class GiaGap(DepthKind):
         for param in spec.params:
             for L in spec.depths:
                 for rep in range(spec.seeds):
-                    cfg = GiaGapConfig("gia-gap", param, L, W, spec.block, spec.activation, spec.dtype,
-                                       spec.data, spec.train, seed=spec.seed + rep)
+                    cfg = GiaGapConfig("gia-gap", L, W, spec.activation, spec.dtype, spec.data, spec.train,
+                                       seed=spec.seed + rep, param=param, block=spec.block)
                     runs.append(Run("gia-gap", cfg.to_dict(), group=run_key(cfg.without("seed")),
                                     cost=2 * 6.0 * L * W * W * N * K, mem=4.0 * L * W * W * 8,
                                     label=f"{param} L={L} seed={rep}"))
