@@ -13,7 +13,7 @@ from .app import app, fail
 
 
 def parse_options(items: list[str]) -> dict:
-    out = {}
+    out: dict[str, float | str] = {}
     for item in items:
         if "=" not in item:
             fail(f"--option expects key=value, got {item!r}")
@@ -40,8 +40,8 @@ def describe(
                                      help="preset option, e.g. alpha=2 (repeatable)"),
     arch: str = typer.Option("resnet", "--arch", metavar="resnet|transformer",
                              help="architecture: the MLP-block ResNet or the Transformer (heads as units)"),
-    r: int = typer.Option(2, "--r", help="transformer: key-query dimension per head"),
-    r_v: int = typer.Option(2, "--r-v", help="transformer: value dimension per head"),
+    key_dim: int = typer.Option(2, "--r", help="transformer: key-query dimension per head"),
+    value_dim: int = typer.Option(2, "--r-v", help="transformer: value dimension per head"),
     seq_len: int = typer.Option(4, "--seq-len", help="transformer: tokens per sequence"),
 ) -> None:
     """Print the effective init std, multiplier and learning rates of every tensor."""
@@ -58,29 +58,30 @@ def describe(
     try:
         s = Shape.parse(shape)
         if arch == "transformer":
-            for name, value in (("--r", r), ("--r-v", r_v), ("--seq-len", seq_len)):
+            for name, value in (("--r", key_dim), ("--r-v", value_dim), ("--seq-len", seq_len)):
                 if value < 1:
                     raise ValueError(f"{name} must be a positive integer, got {value}")
-            p = get_transformer_parameterization(param, **parse_options(option))
-            env = TRANSFORMER.env(s, alpha=p.alpha, r=r, r_v=r_v, d_in=d_in, d_out=d_out, T=seq_len)
-            rows = p.rows(env, base_lr=lr)
+            table = get_transformer_parameterization(param, **parse_options(option))
+            env = TRANSFORMER.env(s, alpha=table.alpha, r=key_dim, r_v=value_dim, d_in=d_in, d_out=d_out,
+                                  T=seq_len)
+            name, rows = table.name, table.rows(env, base_lr=lr)
         else:
             p = get_parameterization(param, **parse_options(option))
-            rows = p.rows(s, d_in, d_out, base_lr=lr, block=block)
+            name, rows = p.name, p.rows(s, d_in, d_out, base_lr=lr, block=block)
     except ValueError as err:
         fail(str(err))
-    extra = f", r={r}, r_v={r_v}, T={seq_len}" if arch == "transformer" else ""
-    table = Table(title=f"{p.name} ({arch}) at {s}, d_in={d_in}, d_out={d_out}{extra}, eta={lr:g}")
+    extra = f", r={key_dim}, r_v={value_dim}, T={seq_len}" if arch == "transformer" else ""
+    out = Table(title=f"{name} ({arch}) at {s}, d_in={d_in}, d_out={d_out}{extra}, eta={lr:g}")
     roles = arch == "transformer"  # several block kinds: name each row's role and kind
     for col in ("tensor", *(("role", "kind") if roles else ()), "shape", "init std", "multiplier", "SGD lr",
                 "Adam lr", "rules"):
-        table.add_column(col)
+        out.add_column(col)
     for r in rows:
         scalar = r.get("kind") == "scalar" or r["role"] == "branch"
         label = "beta" if r["role"] == "branch" else r["role"]
         rules = (f"init {r['init_rule']}, mult {r['mult_rule']}, sgd {r['lr_sgd_rule']}, "
                  f"adam {r['lr_adam_rule']}") if not scalar else f"{label} {r['mult_rule']}"
-        table.add_row(r["tensor"], *((r["role"], r["kind"]) if roles else ()), r["shape"],
-                      f"{r['init_std']:.4g}", f"{r['multiplier']:.4g}", f"{r['lr_sgd']:.4g}",
-                      f"{r['lr_adam']:.4g}", rules)
-    Console(width=160).print(table)
+        out.add_row(r["tensor"], *((r["role"], r["kind"]) if roles else ()), r["shape"],
+                    f"{r['init_std']:.4g}", f"{r['multiplier']:.4g}", f"{r['lr_sgd']:.4g}",
+                    f"{r['lr_adam']:.4g}", rules)
+    Console(width=160).print(out)

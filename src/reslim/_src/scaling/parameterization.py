@@ -134,7 +134,7 @@ class Parameterization:
         rows = []
         for role in ("embed", *BLOCK_ROLES[block], "readout"):
             info = RESNET.role(role)
-            tensor, dims = info.tensor, [int(env[d]) for d in info.dims]
+            tensor, dims = info.tensor, [int(env[d]) if isinstance(d, str) else d for d in info.dims]
             r, e = self.roles[role], eff[role]
             rows.append({
                 "tensor": tensor, "role": role, "shape": "x".join(map(str, dims)),

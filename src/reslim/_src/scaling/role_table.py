@@ -26,7 +26,7 @@ class RoleTable:
     name: str
     arch: Architecture
     rules: Mapping[str, RoleScaling]
-    scalars: Mapping[str, Monomial]
+    scalars: Mapping[str, Any]  # Monomials (or rules they parse from)
     alpha: float = 1.0
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -247,6 +247,9 @@ def param_groups(
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if arch == "transformer" and not isinstance(parameterization, RoleTable):
+        if isinstance(parameterization, Parameterization):
+            raise ValueError(f"parameterization {parameterization.name!r} is a ResNet parameterization; "
+                             f"arch='transformer' needs a Transformer preset name or RoleTable")
         p: Any = get_transformer_parameterization(parameterization)
     elif isinstance(parameterization, RoleTable):
         p = parameterization

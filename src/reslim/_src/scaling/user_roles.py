@@ -86,7 +86,7 @@ def infer_shape(named: Mapping[str, torch.Tensor], roles: Mapping[str, str], par
     if arch.name == "transformer" and all(k is not None for k in keys.values()):
         blocks: dict[str, dict[str, list[str]]] = {}
         for n in block_names:
-            blocks.setdefault(keys[n], {}).setdefault(roles[n], []).append(n)
+            blocks.setdefault(str(keys[n]), {}).setdefault(roles[n], []).append(n)
         for b in blocks.values():
             for unit_role, dim in (("Q", "r"), ("O", "r_v")):
                 names = b.get(unit_role, [])

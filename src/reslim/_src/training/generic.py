@@ -160,9 +160,9 @@ def train_batched(
         raise ValueError(f"stacked parameters must share their leading (network) axis, got {sorted(sizes)}")
     (B,) = sizes
     like = next(iter(params.values()))
-    kw = dict(dtype=like.dtype, device=like.device)
-    X = torch.as_tensor(data.X, **kw)
-    Y = torch.as_tensor(data.Y, **kw)
+    dtype, device = like.dtype, like.device
+    X = torch.as_tensor(data.X, dtype=dtype, device=device)
+    Y = torch.as_tensor(data.Y, dtype=dtype, device=device)
     trained = [n for n in params if n in lrs]
     opt = _Optimizer(params, lrs, optimizer_family(optimizer), adam_betas, adam_eps)
 
@@ -207,16 +207,16 @@ def train_batched(
             recs["loss"].append(r)
             if "outputs" in record:
                 recs["outputs"].append(to_np(y))
-            if needs_states:
+            if needs_states and v_states is not None:
                 with torch.no_grad():
                     st = v_states(params, X)
                 for name in needs_states:
                     recs[name].append(to_np(st[name]))
             if "test_loss" in record:
                 with torch.no_grad():
-                    Xt = torch.as_tensor(data.X_test, **kw)
-                    yt = v_forward(params, Xt)
-                    recs["test_loss"].append(to_np(v_risk(yt, torch.as_tensor(data.Y_test, **kw))))
+                    Xt = torch.as_tensor(data.X_test, dtype=dtype, device=device)
+                    Yt = torch.as_tensor(data.Y_test, dtype=dtype, device=device)
+                    recs["test_loss"].append(to_np(v_risk(v_forward(params, Xt), Yt)))
             if callback is not None:
                 callback(k, torch.as_tensor(r))
             if k == steps or (diverged_at >= 0).all():
@@ -238,7 +238,8 @@ def train_batched(
         for arr in arrays.values():
             arr[diverged_at[b]:, b] = np.nan
     traj = Trajectory(
-        loss=arrays["loss"], outputs=arrays.get("outputs"), h_last=arrays.get("h_last"),
+        loss=arrays["loss"], outputs=arrays.get("outputs"),  # type: ignore[arg-type]
+        h_last=arrays.get("h_last"),
         hidden=arrays.get("hidden"), pre=arrays.get("pre"), test_loss=arrays.get("test_loss"),
         depth=np.array([0.0, 1.0]) if depth is None else np.asarray(depth, dtype=np.float64),
         diverged_at=diverged_at,

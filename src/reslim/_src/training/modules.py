@@ -131,7 +131,8 @@ def train_modules(
         rates = {n: base * groups.lr[groups.roles[n]] for n in groups.trained_names()}
         scales = {**groups.forward_scales(), **scales}
     elif hasattr(modules[0], "learning_rates"):
-        rates = modules[0].learning_rates(optimizer, base)
+        first: Any = modules[0]  # nn.Module's __getattr__ types attributes as tensors or modules
+        rates = first.learning_rates(optimizer, base)
     else:
         raise ValueError("give lrs= or groups= (the module has no learning_rates method)")
     forward, states = module_forward(modules[0], scales)
