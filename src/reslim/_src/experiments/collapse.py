@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt, model_validator
 
@@ -105,42 +104,27 @@ class Collapse(DepthKind):
         for rec, c in self.configs(spec, store):
             row = {"optimizer": c.optimizer, "correction": c.correction, "L": c.L, "seed": c.seed,
                    "diverged": rec.status != "done"}
-            for k, v in rec.metrics.items():
-                row[k] = np.nan if v is None else float(v)
-            rows.append(row)
+            rows.append(self.metric_row(rec, row))
         return pd.DataFrame(rows)
 
     def analyse(self, spec, store):
-        df = self.table(spec, store)
-        if df.empty:
-            return {"table": df, "summary": df, "fits": pd.DataFrame()}
         mets = [*dd.COLLAPSE_METRICS, "dp_own_first", "dh_first"]
-        by = ["optimizer", "correction"]
-        return {"table": df, "summary": dd.summarize_by_depth(df, [*mets, "loss_final"], by=by),
-                "fits": dd.fit_depth_exponents(df, mets, by=by, n_boot=spec.analysis.n_boot)}
+        return self.fit_analysis(self.table(spec, store), [*mets, "loss_final"], mets,
+                                 ["optimizer", "correction"], spec.analysis.n_boot)
 
     def report(self, spec, store, analysis, figure_dir):
-        from ..report.depth import fits_paragraph, plot_vs_depth
-        from ..report.figures import save
-        from ..report.report import Section
+        from ..report.depth import fits_section
 
-        s = Section("First-layer collapse of depth-muP and the depth-aware correction",
-                    ["Two-layer blocks under depth-muP (correction 0) and depth-muP-corrected (U lr "
-                     "times L^c): RMS feature changes after K steps, averaged over blocks. dp_own = "
-                     "m_U dU^T h (the first internal layer's own update), dp = total pre-activation "
-                     "change, dh = block output change, dbranch = branch output change."])
-        if analysis["table"].empty:
-            return [s]
-        s.paragraphs += fits_paragraph(analysis["fits"], ["optimizer", "correction"])
-        s.tables.append(("Per depth (mean, std over seeds)", analysis["summary"]))
-        s.tables.append(("Fitted exponents", analysis["fits"]))
-        fig = plot_vs_depth(analysis["table"], ["dp_own", "dh"], ["optimizer", "correction"],
-                            title="Feature updates vs depth; legend: optimizer, correction c (U lr x L^c)",
-                            guides={"dp_own": [(-0.5, "L^-1/2 (depth-muP prediction)"),
-                                               (0.0, "L^0 (corrected)")]})
-        s.figures.append(save(fig,
-                              figure_dir, "collapse", "Feature updates vs depth"))
-        return [s]
+        return [fits_section(
+            "First-layer collapse of depth-muP and the depth-aware correction",
+            "Two-layer blocks under depth-muP (correction 0) and depth-muP-corrected (U lr times L^c): "
+            "RMS feature changes after K steps, averaged over blocks. dp_own = m_U dU^T h (the first "
+            "internal layer's own update), dp = total pre-activation change, dh = block output change, "
+            "dbranch = branch output change.",
+            analysis, ["optimizer", "correction"], "Per depth (mean, std over seeds)", ["dp_own", "dh"],
+            figure_title="Feature updates vs depth; legend: optimizer, correction c (U lr x L^c)",
+            guides={"dp_own": [(-0.5, "L^-1/2 (depth-muP prediction)"), (0.0, "L^0 (corrected)")]},
+            figure_dir=figure_dir, name="collapse", caption="Feature updates vs depth")]
 
     def summary(self, spec, analysis) -> list[str]:
         f = analysis["fits"]

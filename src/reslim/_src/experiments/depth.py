@@ -153,3 +153,23 @@ class DepthKind(ExperimentKind):
     def configs(self, spec, store) -> list[tuple[Any, Any]]:
         """``(record, typed config)`` of ``spec``'s stored runs."""
         return [(rec, self.config_type.from_dict(rec.config)) for rec in self.records(spec, store)]
+
+    @staticmethod
+    def metric_row(rec, row: dict[str, Any], names=None) -> dict[str, Any]:
+        """``row`` with the record's metrics ``names`` (default: all) as floats, NaN where unset."""
+        for k in rec.metrics if names is None else names:
+            v = rec.metrics.get(k)
+            row[k] = np.nan if v is None else float(v)
+        return row
+
+    @staticmethod
+    def fit_analysis(df, summary_metrics, fit_metrics, by: list[str], n_boot: int) -> dict[str, Any]:
+        """The table, its per-depth summary and the fitted ``~ L^p`` exponents per group ``by``."""
+        import pandas as pd
+
+        from ..diagnostics import depth as dd
+
+        if df.empty:
+            return {"table": df, "summary": df, "fits": pd.DataFrame()}
+        return {"table": df, "summary": dd.summarize_by_depth(df, summary_metrics, by=by),
+                "fits": dd.fit_depth_exponents(df, fit_metrics, by=by, n_boot=n_boot)}

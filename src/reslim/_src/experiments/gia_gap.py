@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -112,41 +111,26 @@ class GiaGap(DepthKind):
         rows = []
         for rec, c in self.configs(spec, store):
             row = {"param": c.param, "L": c.L, "seed": c.seed, "diverged": rec.status != "done"}
-            for k in (*GAP_METRICS, "loss_final", "loss_final_gia", "loss0"):
-                v = rec.metrics.get(k)
-                row[k] = np.nan if v is None else float(v)
-            rows.append(row)
+            rows.append(self.metric_row(rec, row, (*GAP_METRICS, "loss_final", "loss_final_gia", "loss0")))
         return pd.DataFrame(rows)
 
     def analyse(self, spec, store):
-        df = self.table(spec, store)
-        if df.empty:
-            return {"table": df, "summary": df, "fits": pd.DataFrame()}
-        summ = dd.summarize_by_depth(df, [*GAP_METRICS, "loss_final", "loss_final_gia"])
-        fits = dd.fit_depth_exponents(df, GAP_METRICS, n_boot=spec.analysis.n_boot)
-        return {"table": df, "summary": summ, "fits": fits}
+        return self.fit_analysis(self.table(spec, store), [*GAP_METRICS, "loss_final", "loss_final_gia"],
+                                 GAP_METRICS, ["param"], spec.analysis.n_boot)
 
     def report(self, spec, store, analysis, figure_dir):
-        from ..report.depth import fits_paragraph, plot_vs_depth
-        from ..report.figures import save
-        from ..report.report import Section
+        from ..report.depth import fits_section
 
-        s = Section("GIA gap vs depth",
-                    [f"Ordinary vs gradient-independent (GIA) training of {spec.block} blocks at width "
-                     f"{spec.width}, {spec.seeds} seeds; gaps are RMS over steps 1..K (definitions in "
-                     "docs/depth.md). Fitted exponent p of gap ~ L^p with a bootstrap 95% CI over seeds."])
-        if analysis["table"].empty:
-            return [s]
-        s.paragraphs += fits_paragraph(analysis["fits"], ["param"])
-        s.tables.append(("Gap per depth (mean, std over seeds)", analysis["summary"]))
-        s.tables.append(("Fitted exponents", analysis["fits"]))
         guide = [(-0.5, "slope L^-1/2"), (0.0, "slope L^0")]
-        fig = plot_vs_depth(analysis["table"], ["loss_gap", "output_gap"], "param",
-                            title="GIA gap vs depth (ordinary vs GIA training); dotted: reference slopes",
-                            guides={"loss_gap": guide, "output_gap": guide})
-        s.figures.append(save(fig,
-                              figure_dir, "gia-gap", "GIA gap vs depth (seed mean, min-max band)"))
-        return [s]
+        return [fits_section(
+            "GIA gap vs depth",
+            f"Ordinary vs gradient-independent (GIA) training of {spec.block} blocks at width "
+            f"{spec.width}, {spec.seeds} seeds; gaps are RMS over steps 1..K (definitions in "
+            "docs/depth.md). Fitted exponent p of gap ~ L^p with a bootstrap 95% CI over seeds.",
+            analysis, ["param"], "Gap per depth (mean, std over seeds)", ["loss_gap", "output_gap"],
+            figure_title="GIA gap vs depth (ordinary vs GIA training); dotted: reference slopes",
+            guides={"loss_gap": guide, "output_gap": guide}, figure_dir=figure_dir, name="gia-gap",
+            caption="GIA gap vs depth (seed mean, min-max band)")]
 
     def summary(self, spec, analysis) -> list[str]:
         f = analysis["fits"]

@@ -54,3 +54,22 @@ def fits_paragraph(fits: pd.DataFrame, by: list[str]) -> list[str]:
         lines.append(f"- {key}, {r.metric}: exponent {r.exponent:+.3f} "
                      f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
     return ["\n".join(lines)] if lines else []
+
+
+def fits_section(title: str, intro: str, analysis: dict, by: list[str], summary_caption: str,
+                 metrics: list[str], *, figure_title: str, guides: dict[str, list[tuple[float, str]]],
+                 figure_dir, name: str, caption: str):
+    """A depth kind's section: ``intro``, then (with runs stored) one line per fitted exponent, the
+    per-depth summary and fit tables, and :func:`plot_vs_depth` of ``metrics`` per group ``by``."""
+    from .figures import save
+    from .report import Section
+
+    s = Section(title, [intro])
+    if analysis["table"].empty:
+        return s
+    s.paragraphs += fits_paragraph(analysis["fits"], by)
+    s.tables.append((summary_caption, analysis["summary"]))
+    s.tables.append(("Fitted exponents", analysis["fits"]))
+    fig = plot_vs_depth(analysis["table"], metrics, by, title=figure_title, guides=guides)
+    s.figures.append(save(fig, figure_dir, name, caption))
+    return s
