@@ -229,7 +229,7 @@ def _depth_mup(alpha: float = 1.0) -> Parameterization:
 
 def _depth_mup_corrected(alpha: float = 1.0, correction: float = 0.5,
                          balance: float = 0.0) -> Parameterization:
-    """depth-muP with the depth-aware correction (docs/depth.md, "The correction pinned down").
+    """depth-muP with the depth-aware correction (docs/depth.md, "The depth-aware correction, pinned down").
 
     ``correction = c``: the first internal layer's (U role's) lr times ``L^c``, for SGD and Adam.
     ``balance = b``: the second internal layer's (V role's) init std times ``L^-b`` and, for SGD
