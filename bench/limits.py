@@ -8,7 +8,9 @@ setup: d_in = d_out = 5, N = 10, K = 15, eta = 1, loss "mean", W_e ~ N(0, 1/d_in
 W_u ~ N(0, d_out), the solver's default accuracy) with training the finite reference network
 of ``--ref-shape`` (default the paper's (50, 2000, 2000)) on the same problem. The
 ``deep_linear_*`` lines time the deep-linear limit (L = 4, K = 100, P = 20) and its ratio to one
-finite network of width 4096 (``--only-deep-linear``: those alone).
+finite network of width 4096 (``--only-deep-linear``: those alone). The ``nfd_*`` lines time the
+Neural Feature Dynamics solver (L-grid 64, S = 4096 particles in 4 replicas, 10 SGD steps of batch 4
+on P = 16 synthetic samples, tanh) and give its replica error estimate (``--only-nfd``: those alone).
 """
 
 from __future__ import annotations
@@ -135,6 +137,29 @@ def deep_linear(width: int = 4096) -> None:
     print(f"deep_linear_torch_threads: {torch.get_num_threads()}")
 
 
+def nfd() -> None:
+    """The NFD solver at L-grid 64, S = 4096 particles (4 replicas), 10 SGD steps (batch 4 of P = 16,
+    d_in = 4, d_out = 1, tanh, eta = 1); error estimate = RMS replica standard error of the outputs
+    at the last step."""
+    import torch
+
+    from reslim.limits import NFDLimit, NFDProblem
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 4))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Y = np.sin(2.0 * X @ rng.standard_normal(4))[:, None]
+    pb = NFDProblem(X, Y, steps=10, lr=1.0, optimizer="sgd", batch_size=4)
+    trajs = []
+    t = best_time(lambda: trajs.append(NFDLimit(L=64, particles=4096, replicas=4).solve(pb)), 2)
+    tr = trajs[-1]
+    print(f"nfd_seconds: {t:.3f}")
+    print(f"nfd_error_estimate: {np.sqrt((tr.meta['output_stderr'][-1] ** 2).mean()):.5f}")
+    print(f"nfd_loss_final: {tr.loss[-1, 0]:.5f}")
+    print(f"nfd_loss_stderr_final: {tr.meta['loss_stderr'][-1, 0]:.5f}")
+    print(f"nfd_torch_threads: {torch.get_num_threads()}")
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         L, M, D = (int(v) for v in text.split(","))
@@ -149,10 +174,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smaller dense comparison")
     ap.add_argument("--only-deep-linear", action="store_true", help="only the deep_linear_* lines")
+    ap.add_argument("--only-nfd", action="store_true", help="only the nfd_* lines")
     ap.add_argument("--ref-shape", type=_shape, default=(50, 2000, 2000),
                     help="L,M,D of the finite tanh reference network (default 50,2000,2000)")
     args = ap.parse_args()
-    if not args.only_deep_linear:
+    if not (args.only_deep_linear or args.only_nfd):
         main(quick=args.quick)
         nonlinear(args.ref_shape)
-    deep_linear()
+    if not args.only_nfd:
+        deep_linear()
+    if not args.only_deep_linear:
+        nfd()

@@ -4,6 +4,7 @@ figures, the stored results, a rerun that skips every run, and one-line spec err
 import numpy as np
 
 TINY = ["widths=[16,32,64]", "width_depth=2", "depths=[2,4,8]", "depth_width=32", "repetitions=2",
+        "joint_depths=[1,2]", "joint_width=8",
         'datasets=[{kind="synthetic", P=4, P_test=4}, {kind="digits", P=4, P_test=0}]', "train.steps=3",
         "nfd.L=8", "nfd.particles=256", "nfd.replicas=2", "analysis.n_boot=20"]
 
@@ -22,14 +23,17 @@ def test_nfd_experiment_end_to_end_through_the_cli(tmp_path, one_thread):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "width sweep, depth-mup gia: error ~ D^" in result.output
-    assert "mup sweep, mup ordinary" in result.output and "NFD grid" in result.output
+    assert "mup sweep, mup ordinary" in result.output and "joint sweep, depth-mup gia" in result.output
     md = (out / "report.md").read_text()
-    assert "(b, c) Width and depth" in md and "(d) muP without depth scaling" in md and "Training loss" in md
+    for title in ("The limit's depth error", "(b, c) Width and depth", "(d) muP without depth scaling",
+                  "Training loss"):
+        assert title in md, title
     for name in ("width-0", "depth-0", "loss-0", "width-1", "depth-1", "loss-1"):
         assert (out / "figures" / f"nfd-{name}.png").exists(), name
     df = load_results(out)
-    # per dataset: 3 limit grids + (3 widths + 3 depths - 1 shared) x 2 modes x 2 reps + 3 muP depths x 2 reps
-    assert len(df) == 2 * (3 + 5 * 2 * 2 + 3 * 2) and (df["status"] == "done").all()
+    # per dataset: 4 limit grids (L = 1, 2, 4, 8) + finite cells x 2 reps: (3 widths + 3 depths + 2 joint
+    # - 2 shared) x 2 modes + 3 muP depths
+    assert len(df) == 2 * (4 + 6 * 2 * 2 + 3 * 2) and (df["status"] == "done").all()
     fin = df[df["config.role"] == "finite"]
     loss = np.array(fin["metrics.loss"].tolist(), dtype=float)
     assert loss.shape == (len(fin), 4) and np.isfinite(loss).all()

@@ -11,7 +11,9 @@ Runs (all stage 1; the analysis compares the stored outputs, so no run waits for
   of issue 6 when ``gia``), with the options of :func:`reslim.limits.nfd_network_options`.
 
 Sweeps: ``width`` (D over ``widths`` at depth ``width_depth``, depth-muP, ordinary and GIA),
-``depth`` (L over ``depths`` at width ``depth_width``, depth-muP, ordinary and GIA) and ``mup``
+``depth`` (L over ``depths`` at width ``depth_width``, depth-muP, ordinary and GIA), ``joint``
+(L over ``joint_depths`` at width ``joint_width L^2``, so that the O(D^-1/2) width error and the
+O(1/L) depth error shrink together) and ``mup``
 (the same depth sweep under muP, ordinary training). The errors and fits are in
 :mod:`reslim._src.report.nfd`.
 """
@@ -69,18 +71,20 @@ class NFDSpec(SpecBase):
     activation: Literal["tanh", "gelu", "relu", "identity"] = "tanh"
     widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
     width_depth: PositiveInt = 8
-    depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32], min_length=1)
+    depths: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1)
     depth_width: PositiveInt = 256
+    joint_depths: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8])
+    joint_width: PositiveInt = Field(8, description="the joint sweep's width is joint_width * L^2")
     repetitions: PositiveInt = 4
     seed: int = 0
-    sweeps: list[Literal["width", "depth", "mup"]] = Field(
-        default_factory=lambda: ["width", "depth", "mup"], min_length=1)
+    sweeps: list[Literal["width", "depth", "joint", "mup"]] = Field(
+        default_factory=lambda: ["width", "depth", "joint", "mup"], min_length=1)
     modes: list[Literal["ordinary", "gia"]] = Field(default_factory=lambda: ["ordinary", "gia"], min_length=1)
     train: NFDTrainSpec = Field(default_factory=NFDTrainSpec)
     nfd: NFDSolverSpec = Field(default_factory=NFDSolverSpec)
     analysis: NFDAnalysisSpec = Field(default_factory=NFDAnalysisSpec)
 
-    @field_validator("widths", "depths")
+    @field_validator("widths", "depths", "joint_depths")
     @classmethod
     def _sorted(cls, v):
         return sorted(set(v))
@@ -95,7 +99,7 @@ class NFDSpec(SpecBase):
             for d in self.datasets:
                 if self.train.batch_size > d.P:
                     raise ValueError(f"train.batch_size must be <= every dataset's P ({d.P})")
-        if self.nfd.L < max(self.depths + [self.width_depth]):
+        if self.nfd.L < max(self.depths + self.joint_depths + [self.width_depth]):
             raise ValueError("nfd.L: the reference grid must be at least as fine as the deepest network")
         return self
 
@@ -151,6 +155,8 @@ def cells(spec: NFDSpec) -> list[tuple[str, str, int, int]]:
         out += [("depth-mup", m, spec.width_depth, D) for m in spec.modes for D in spec.widths]
     if "depth" in spec.sweeps:
         out += [("depth-mup", m, L, spec.depth_width) for m in spec.modes for L in spec.depths]
+    if "joint" in spec.sweeps:
+        out += [("depth-mup", m, L, spec.joint_width * L * L) for m in spec.modes for L in spec.joint_depths]
     if "mup" in spec.sweeps:
         out += [("mup", "ordinary", L, spec.depth_width) for L in spec.depths]
     return sorted(set(out), key=lambda c: (c[0], c[1], c[2], c[3]))
@@ -158,7 +164,7 @@ def cells(spec: NFDSpec) -> list[tuple[str, str, int, int]]:
 
 def grids(spec: NFDSpec) -> list[int]:
     """Depth grids the limit is solved on: the reference, the width sweep's depth, every depth."""
-    return sorted({spec.nfd.L, spec.width_depth, *spec.depths})
+    return sorted({spec.nfd.L, spec.width_depth, *spec.depths, *spec.joint_depths})
 
 
 class NFDExperiment(ExperimentKind):

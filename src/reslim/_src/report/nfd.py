@@ -8,9 +8,12 @@ A leaf renderer: it reads the store through the kind it is handed and imports no
 Errors (RMS over the steps 1..K, the training points and the outputs): a finite run's outputs
 against the limit's, ``E = RMS(f_net - f_NFD)``; per cell the RMS over repetitions. The width sweep
 is compared with the limit on its own depth grid (the width error alone); the depth sweeps with the
-reference grid ``nfd.L`` (width and depth error together). ``E_mean``: the error of the mean over
-repetitions (the systematic part); ``cauchy``: RMS between the repetition means at consecutive
-depths. The limit's own depth error: the limit on grid L against the reference grid, per replica.
+reference grid ``nfd.L`` (width and depth error together); the limit's own depth error is fitted on
+the grids ``L <= nfd.L / 4`` (where the reference grid's error is small beside it); the solves share
+their seed (common random numbers), so the difference is much less noisy than independent
+solves. ``E_mean``:
+the error of the mean over repetitions (the systematic part); ``cauchy``: RMS between the
+repetition means at consecutive depths.
 """
 
 from __future__ import annotations
@@ -64,16 +67,22 @@ def analyse(kind, spec, store) -> NFDAnalysis:
         ref = arrays[spec.nfd.L]["outputs"]
         curves = {f"NFD (L-grid {spec.nfd.L})": (_arr(lim[spec.nfd.L].metrics["loss"]),
                                                    _arr(lim[spec.nfd.L].metrics["loss_stderr"]))}
-        # the limit's own depth error, per replica (replica r of grid L against the reference mean)
+        # the limit's own depth error: its output on grid L against the reference grid's. The solves
+        # share the seed (common random numbers), so their difference is far less noisy than the
+        # independent-draw bound sqrt(se_L^2 + se_ref^2) of the replica standard errors
         Ls = sorted(L for L in lim if L < spec.nfd.L and L in spec.depths)
-        if Ls:
-            per_rep = np.array([[_err(rep, ref) for rep in arrays[L]["replica_outputs"]] for L in Ls])
-            for L, e in zip(Ls, per_rep, strict=True):
-                floor = float(np.sqrt(np.mean(arrays[L]["output_stderr"][1:] ** 2)))
-                grid_rows.append({"dataset": i, "L": L, "error": float(np.sqrt(np.mean(e**2))),
-                                  "replica floor": floor})
+        se_ref = arrays[spec.nfd.L]["output_stderr"][1:]
+        xs, ds = [], []
+        for L in Ls:
+            raw = _err(arrays[L]["outputs"], ref)
+            mc = float(np.sqrt(np.mean(arrays[L]["output_stderr"][1:] ** 2 + se_ref**2)))
+            grid_rows.append({"dataset": i, "L": L, "error": raw, "independent-draw bound": mc})
+            if 4 * L <= spec.nfd.L:  # the reference grid's own error small beside it
+                xs.append(L)
+                ds.append(raw)
+        if len(xs) >= 2:
             _fit(measure, fits, {"dataset": i, "sweep": "depth", "param": "NFD grid", "mode": "N = oo",
-                                 "theory": "-1"}, Ls, per_rep, spec)
+                                 "theory": "-1"}, xs, np.array(ds), spec)
         fin = [r for r in recs if r.config["role"] == "finite" and r.config["dataset"] == i]
         groups: dict = {}
         for r in fin:
@@ -105,12 +114,13 @@ def analyse(kind, spec, store) -> NFDAnalysis:
                 _fit_cells(measure, fits, {"dataset": i, "sweep": "width", "param": "depth-mup", "mode": mode,
                                            "theory": "-1/2"}, sel, "D", "_e_w", spec)
         for sweep, param, modes, theory in (("depth", "depth-mup", spec.modes, "-1"),
+                                            ("joint", "depth-mup", spec.modes, "-1"),
                                             ("mup", "mup", ["ordinary"], "")):
             if sweep not in spec.sweeps:
                 continue
             for mode in modes:
-                sel = cur[(cur["param"] == param) & (cur["mode"] == mode) & (cur["D"] == spec.depth_width)]
-                sel = sel[sel["L"].isin(spec.depths)].sort_values("L")
+                sel = cur[(cur["param"] == param) & (cur["mode"] == mode)]
+                sel = sel[_on_sweep(spec, sweep, sel)].sort_values("L")
                 _fit_cells(measure, fits, {"dataset": i, "sweep": sweep, "param": param, "mode": mode,
                                            "theory": theory}, sel, "L", "_e_ref", spec)
         # loss curves: the largest depth-sweep networks of each (param, mode)
@@ -128,6 +138,16 @@ def analyse(kind, spec, store) -> NFDAnalysis:
         cells["cauchy (next L)"] = _cauchy_column(cells, recs, store, spec)
     res.cells, res.grid, res.fits = cells, pd.DataFrame(grid_rows), pd.DataFrame(fits)
     return res
+
+
+def _on_sweep(spec, sweep: str, c: pd.DataFrame) -> pd.Series:
+    """Rows of ``c`` on a sweep's path: (width_depth, widths), (depths, depth_width) or
+    (joint_depths, joint_width L^2)."""
+    if sweep == "width":
+        return (c["L"] == spec.width_depth) & c["D"].isin(spec.widths)
+    if sweep == "joint":
+        return c["L"].isin(spec.joint_depths) & (c["D"] == spec.joint_width * c["L"] ** 2)
+    return c["L"].isin(spec.depths) & (c["D"] == spec.depth_width)
 
 
 def _cauchy_column(cells: pd.DataFrame, recs, store, spec) -> list[float]:
@@ -221,26 +241,28 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
     b = Section("(b, c) Width and depth: finite networks approach the NFD", [
         "Width sweep at fixed depth against the limit on the same depth grid (the width error alone; "
         "theory -1/2). Depth sweep at fixed width against the reference grid (width and depth error "
-        "together). `NFD grid`: the limit on grid L against the reference grid (the depth error of "
-        "infinite-width GIA networks; theory -1, the paper's O(1/L)). `gia`: the GIA training mode "
-        "(independent backward weights) of reslim.train."])
+        "together: the width error is a floor). Joint sweep: width joint_width L^2, so that both errors "
+        "shrink like 1/L (theory -1). `NFD grid`: the limit on grid L against the reference grid (the "
+        "depth error of infinite-width GIA networks; theory -1, the paper's O(1/L)). `gia`: the GIA "
+        "training mode (independent backward weights) of reslim.train."])
     if len(fits):
         b.tables.append(("Fitted exponents", fits[fits["sweep"] != "mup"]))
     if len(res.grid):
-        b.tables.append(("The limit's depth error (NFD grid L vs the reference grid)", res.grid))
+        b.tables.append(("The limit's depth error (NFD grid L vs the reference grid, common random "
+                         "numbers; the bound is the noise independent solves would have)", res.grid))
     if len(res.cells):
         b.tables.append(("Errors per cell", res.cells[res.cells["param"] == "depth-mup"]))
     for i in range(len(spec.datasets)):
         if "width" in spec.sweeps and len(res.cells):
             b.figures.append(_sweep_figure(spec, res, i, "D", fig_dir))
-        if "depth" in spec.sweeps and len(res.cells):
+        if {"depth", "joint", "mup"} & set(spec.sweeps) and len(res.cells):
             b.figures.append(_sweep_figure(spec, res, i, "L", fig_dir))
     out.append(b)
     if "mup" in spec.sweeps and len(res.cells):
         d = Section("(d) muP without depth scaling: no limit in depth", [
-            "The same depth sweep under muP (branch multiplier 1 instead of L^-1/2): the error against the "
-            "NFD "
-            "and the distance between consecutive depths (cauchy) do not shrink with L."])
+            "The same depth sweep under muP (branch multiplier 1 instead of L^-1/2; in the depth figure "
+            "above): the error against the NFD and the distance between the repetition means at "
+            "consecutive depths (cauchy) do not shrink with L."])
         if len(fits):
             d.tables.append(("Fitted exponents", fits[fits["sweep"] == "mup"]))
         d.tables.append(("Errors per cell", res.cells[res.cells["param"] == "mup"]))
@@ -253,23 +275,26 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
 
 
 def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureRef:
+    """Error against the NFD vs D (the width sweep) or vs L (the depth, joint and muP sweeps, and
+    the limit's own depth error), with the fitted power laws dashed."""
     fig, ax = _axes()
     c = res.cells[res.cells["dataset"] == i]
     col = "E vs same-L NFD" if axis == "D" else "E vs ref"
-    styles = {("depth-mup", "ordinary"): ("C0", "o-"), ("depth-mup", "gia"): ("C1", "s-"),
-              ("mup", "ordinary"): ("C3", "^-")}
-    for (param, mode), (color, fmt) in styles.items():
-        if axis == "D":
-            sel = c[(c["param"] == param) & (c["mode"] == mode) & (c["L"] == spec.width_depth)
-                    & c["D"].isin(spec.widths)]
-        else:
-            sel = c[(c["param"] == param) & (c["mode"] == mode) & (c["D"] == spec.depth_width)
-                    & c["L"].isin(spec.depths)]
-        sel = sel.sort_values(axis)
+    lines = ([("width", "depth-mup", "ordinary", "C0", "o-"), ("width", "depth-mup", "gia", "C1", "s-")]
+             if axis == "D" else
+             [("depth", "depth-mup", "ordinary", "C0", "o-"), ("depth", "depth-mup", "gia", "C1", "s-"),
+              ("joint", "depth-mup", "ordinary", "C2", "o:"), ("joint", "depth-mup", "gia", "C4", "s:"),
+              ("mup", "mup", "ordinary", "C3", "^-")])
+    for sweep, param, mode, color, fmt in lines:
+        if sweep not in spec.sweeps or not len(c):
+            continue
+        sel = c[(c["param"] == param) & (c["mode"] == mode)]
+        sel = sel[_on_sweep(spec, sweep, sel)].sort_values(axis)
         if not len(sel):
             continue
-        ax.plot(sel[axis], sel[col], fmt, color=color, ms=4, label=f"{param} {mode}")
-        sweep = "width" if axis == "D" else ("mup" if param == "mup" else "depth")
+        where = {"width": f"L={spec.width_depth}", "depth": f"D={spec.depth_width}",
+                 "joint": f"D={spec.joint_width}L^2", "mup": f"D={spec.depth_width}"}[sweep]
+        ax.plot(sel[axis], sel[col], fmt, color=color, ms=4, label=f"{param} {mode} ({where})")
         f = _fit_row(res.fits, i, sweep, param, mode)
         if f is not None:
             x = sel[axis].to_numpy(float)
@@ -277,7 +302,9 @@ def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureR
                     label=f"fit {f['exponent']:+.2f} [{f['CI low']:+.2f}, {f['CI high']:+.2f}]")
     if axis == "L" and len(res.grid):
         g = res.grid[res.grid["dataset"] == i]
-        ax.plot(g["L"], g["error"], "k.-", label="NFD grid L (N = oo)")
+        ax.plot(g["L"], g["error"], "k.-", label="NFD on grid L (N = oo)")
+        ax.plot(g["L"], g["independent-draw bound"], color="0.6", lw=0.8,
+                label="replica noise, independent draws")
         f = _fit_row(res.fits, i, "depth", "NFD grid", "N = oo")
         if f is not None:
             x = g["L"].to_numpy(float)
@@ -286,13 +313,12 @@ def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureR
     ax.set_yscale("log")
     ax.set_xlabel("width D" if axis == "D" else "depth L")
     ax.set_ylabel("RMS output error vs the NFD")
-    ax.set_title(f"dataset {i}: " + (f"width sweep at L = {spec.width_depth}" if axis == "D"
-                                     else f"depth sweep at D = {spec.depth_width}"), fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"dataset {i}: " + (f"width sweep at L = {spec.width_depth} (vs the NFD on that grid)"
+                                     if axis == "D" else "depth sweeps (vs the reference grid)"), fontsize=9)
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.25)
-    name = f"nfd-{'width' if axis == 'D' else 'depth'}-{i}"
     what = "width" if axis == "D" else "depth"
-    return _save(fig, fig_dir, name, f"dataset {i}: error against the NFD vs {what}; "
+    return _save(fig, fig_dir, f"nfd-{what}-{i}", f"dataset {i}: error against the NFD vs {what}; "
                  "dashed: fitted power laws")
 
 
