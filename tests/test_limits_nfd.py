@@ -162,3 +162,22 @@ def test_finite_gia_networks_approach_the_solver_with_width():
     fit = fit_power_law(np.array(Ds, float), np.array(err), n_boot=200)
     assert -0.8 < fit.exponent < -0.3, fit
     assert fit.exponent_ci[1] < -0.1
+
+
+def test_finite_networks_approach_the_solver_as_width_and_depth_grow():
+    """Ordinary (backprop) one-layer depth-muP networks with D = 16 L^2, L = 1, 2, 4, against the
+    NFD on a fine grid: the width (D^-1/2 = 1/(4L)) and depth (1/L) errors shrink together, error
+    ~ L^p with p about -1 (measured: see docs/limits.md)."""
+    X, Y = _data(P=3, d_out=1)
+    pb = NFDProblem(X, Y, steps=4, lr=1.0)
+    ref = NFDLimit(L=16, particles=16384, replicas=4, seed=0).solve(pb)
+    opts = nfd_network_options(pb)
+    Ls = [1, 2, 4]
+    err = []
+    for L in Ls:
+        net = ResNet((L, 16 * L * L, 16 * L * L), seeds=range(8), **opts["model"])
+        tr = train(net, Dataset(X, Y), record=("loss", "outputs"), **opts["train"])
+        err.append(np.sqrt(((tr.outputs[1:] - ref.outputs[1:]) ** 2).mean(axis=(0, 2, 3))))
+    fit = fit_power_law(np.array(Ls, float), np.array(err), n_boot=200)
+    assert -1.5 < fit.exponent < -0.6, fit
+    assert fit.exponent_ci[1] < -0.3
