@@ -5,6 +5,9 @@ Coordinate checks over ``L``, ``M``, ``D`` (``width`` = M and D together, ``alph
     coord_check(param, axis=("L", "M", "D"), sizes=None, *, tol=0.25, base=(8, 256, 64),
                 optimizer="gd", lr=0.1, steps=3, seeds=(0, 1, 2, 3), ...) -> DataFrame
     measure(...)                    raw per-layer RMS records of one sweep
+    coord_check(factory, axis, sizes, data=..., ...)   any nn.Module: factory(size, seed) -> module
+                                    or (module, param_groups(...)) (docs/transformers.md)
+    coord_check_modules, measure_modules               the same, by name
     fit_exponents(records, tol)     log-log slopes per quantity, depth position and step
     classify(exponents, step, tol)  verdict per axis: feature learning / lazy / partial / unstable
     exponent_table(params, axes)    the measured exponent table of several parameterizations
@@ -35,7 +38,6 @@ from ._src.diagnostics.coord_check import (
     DEFAULT_SIZES,
     TOL,
     classify,
-    coord_check,
     exponent_table,
     fit_exponents,
     markdown_table,
@@ -51,6 +53,7 @@ from ._src.diagnostics.depth import (
     gia_gap,
     summarize_by_depth,
 )
+from ._src.diagnostics.module_check import coord_check, coord_check_modules, measure_modules
 from ._src.diagnostics.phase import (
     alpha_sweep,
     classify_point,
@@ -77,6 +80,8 @@ __all__ = [
     "classify",
     "classify_point",
     "coord_check",
+    "coord_check_modules",
+    "measure_modules",
     "exponent_table",
     "fit_exponents",
     "markdown_table",

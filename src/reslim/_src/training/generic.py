@@ -123,6 +123,7 @@ def train_batched(
     adam_betas: tuple[float, float] = (0.9, 0.999),
     adam_eps: float = 1e-8,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    param_callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     depth: np.ndarray | None = None,
     meta: dict | None = None,
@@ -137,6 +138,8 @@ def train_batched(
     Adam, same per-network divergence). ``record``: ``loss, outputs, test_loss`` and, given a
     ``states`` function, ``h_last, hidden, pre``. The stacked parameters are copied, trained and
     returned (``BatchedResult.params``); ``forward`` must not change them.
+    ``param_callback(k, params)`` sees the stacked parameters at every recorded step ``k``
+    (after ``k`` updates; read them, do not change them).
     """
     _check(steps, optimizer, loss, batch_size, data)
     factor = check_divergence_factor(divergence_factor)
@@ -219,6 +222,8 @@ def train_batched(
                     recs["test_loss"].append(to_np(v_risk(v_forward(params, Xt), Yt)))
             if callback is not None:
                 callback(k, torch.as_tensor(r))
+            if param_callback is not None:
+                param_callback(k, params)
             if k == steps or (diverged_at >= 0).all():
                 last = k
                 break

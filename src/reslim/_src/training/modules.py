@@ -100,6 +100,7 @@ def train_modules(
     adam_betas: tuple[float, float] = (0.9, 0.999),
     adam_eps: float = 1e-8,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    param_callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     divergence_factor: float | None = DIVERGENCE_FACTOR,
     threads: int | None = None,
 ) -> Trajectory:
@@ -147,7 +148,7 @@ def train_modules(
     res = train_batched(
         forward, params, data, lrs=rates, steps=steps, optimizer=optimizer, loss=loss,
         batch_size=batch_size, record=record, states=states, data_seed=data_seed,
-        adam_betas=adam_betas, adam_eps=adam_eps, callback=callback,
+        adam_betas=adam_betas, adam_eps=adam_eps, callback=callback, param_callback=param_callback,
         divergence_factor=divergence_factor, meta=meta, threads_=threads,
         depth=None if L is None else np.arange(L + 1) / L)
     load_stacked(modules, res.params)
