@@ -283,7 +283,8 @@ def test_typed_config_round_trips_to_the_same_key(kind, key, group, config):
 OVERRIDES = {
     "gia-gap": ["depths=[2]", "seeds=1", "params=['depth-mup']"],
     "collapse": ["depths=[2]", "seeds=1", "optimizers=['sgd']", "corrections=[0.5]"],
-    "transfer": ["depths=[2]", "seeds=1", "widths=[16]", "params=[{name='depth-mup', log2_lr=[-2, 7]}]",
+    "transfer": ["depths=[2]", "seeds=1", "widths=[16]", "hidden=16",  # M = D: the pinned networks
+                 "params=[{name='depth-mup', log2_lr=[-2, 7]}]",
                  "datasets=[{kind='digits', n_train=256}]"],
     "deep-linear": [], "convergence": ["repetitions=1"], "linear-limit": [], "nonlinear-limit": [],
 }

@@ -131,8 +131,11 @@ def lr_sweep(
     param_options: dict | None = None,
     dataset: str = "data",
     networks: Sequence[tuple[float, int]] | None = None,
+    hidden: int | None = None,
 ) -> pd.DataFrame:
-    """Train every (L, W, lr, seed) of one parameterization; one row each.
+    """Train every (L, W, lr, seed) of one parameterization; one row each. The networks are
+    ``(L, M, D) = (L, hidden, W)``: ``W`` is the embedding dimension, ``hidden`` the blocks' hidden
+    width (default ``W``: ``M = D``).
 
     Columns: ``dataset, param, L, width, lr, seed, final_loss`` (``+inf`` if non-finite),
     ``test_loss`` (NaN without a test split), ``loss0, diverged, seconds``. Each (L, W) is one
@@ -161,7 +164,8 @@ def lr_sweep(
     for W in widths:
         for L in depths:
             t0 = time.perf_counter()
-            model = ResNet((int(L), int(W), int(W)), param=p, d_in=data.d_in, d_out=data.d_out,
+            model = ResNet((int(L), int(W if hidden is None else hidden), int(W)), param=p,
+                           d_in=data.d_in, d_out=data.d_out,
                            block=block, activation=activation, seeds=net_seeds, dtype=dtype)
             traj = train(model, data, steps=steps, lr=net_lrs, optimizer=optimizer, loss=loss,
                          batch_size=batch_size, data_seed=data_seed, record=("loss",))

@@ -56,6 +56,9 @@ class TransferSpec(SpecBase):
     params: list[SweepParam] = Field(min_length=1)
     depths: list[PositiveInt] = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
     widths: list[PositiveInt] = Field(default_factory=lambda: [16])
+    hidden: PositiveInt | None = Field(
+        None, description="hidden width M of every block (default: M = width; width is the embedding "
+                          "dimension D)")
     lr_step: float = Field(1.0, gt=0)
     seeds: PositiveInt = 2
     seed: int = 0
@@ -102,6 +105,17 @@ class TransferConfig(RunConfig):
     train: TrainSpec
     lr: float
     seed: int
+    hidden: int | None = None  # the blocks' hidden width M where it differs from width (= D)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d["hidden"] is None:  # M = D: the config (and key) of a run from before the option
+            del d["hidden"]
+        return d
+
+    @classmethod
+    def from_dict(cls, config: dict):
+        return super().from_dict({"hidden": None, **config})
 
 
 class Transfer(DepthKind):
@@ -113,17 +127,19 @@ class Transfer(DepthKind):
         for d in spec.datasets:
             for p in spec.params:
                 for W in spec.widths:
+                    M = W if spec.hidden is None or spec.block == "one-layer" else spec.hidden
+                    hidden = None if M == W else M
                     for L in spec.depths:
-                        cost = 6.0 * L * W * W * d.n_train * spec.train.steps
+                        cost = 6.0 * L * M * W * d.n_train * spec.train.steps
                         for lr in spec.grid(p):
                             for rep in range(spec.seeds):
                                 cfg = TransferConfig("transfer", d.kind, d, p.name, dict(p.options), L, W,
                                                      spec.block, spec.activation, spec.dtype, spec.train,
-                                                     lr=lr, seed=spec.seed + rep)
+                                                     lr=lr, seed=spec.seed + rep, hidden=hidden)
                                 group = run_key(cfg.without("lr", "seed"))
                                 runs.append(Run("transfer", cfg.to_dict(), group=group, cost=cost,
-                                                mem=4.0 * L * W * W * 4,
-                                                label=f"{d.kind} {p.name} W={W} L={L} lr={lr:g}"))
+                                                mem=4.0 * L * M * W * 4,
+                                                label=f"{d.kind} {p.name} W={W}{_m(hidden)} L={L} lr={lr:g}"))
         return runs
 
     def _execute(self, runs: list[Run], configs: list[TransferConfig]) -> list[RunResult]:
@@ -134,7 +150,8 @@ class Transfer(DepthKind):
         df = tr.lr_sweep(data, param=c.param, param_options=c.options, depths=[c.L], widths=[c.width],
                          lrs=[], steps=t.steps, networks=[(r.lr, r.seed) for r in configs],
                          optimizer=t.optimizer, batch_size=batch_for(t.batch_size, data), loss=t.loss,
-                         block=c.block, activation=c.activation, dtype=c.dtype, dataset=c.dataset)
+                         block=c.block, activation=c.activation, dtype=c.dtype, dataset=c.dataset,
+                         hidden=c.hidden)
         sec = (time.perf_counter() - t0) / len(runs)
         out = []
         for run, row in zip(runs, df.to_dict("records"), strict=True):
@@ -180,15 +197,24 @@ class Transfer(DepthKind):
         for d in spec.datasets:
             for W in spec.widths:
                 fig = tr.plot_transfer(df, opt, dataset=d.kind, width=W)
+                M = "" if spec.hidden in (None, W) else f", hidden width M = {spec.hidden}"
                 s.figures.append(save(fig, figure_dir, f"transfer-{d.kind}-W{W}",
-                                      f"{d.kind}, width {W}: final risk vs lr, one curve per depth"))
+                                      f"{d.kind}, width {W}{M}: final risk vs lr, one curve per depth"))
         return [s]
 
     def summary(self, spec, analysis) -> list[str]:
         v = analysis["verdicts"]
-        return [f"{r.dataset} W={r.width} {r.param}: drift {r.drift:+.2f} octave/doubling, "
+
+        def m(width: int) -> str:
+            return _m(None if spec.hidden in (None, width) or spec.block == "one-layer" else spec.hidden)
+
+        return [f"{r.dataset} W={r.width}{m(r.width)} {r.param}: drift {r.drift:+.2f} octave/doubling, "
                 f"transfers={r.transfers}, deeper helps={r.deeper_helps}, diverged={r.n_diverged}"
                 for r in v.itertuples()]
+
+
+def _m(hidden: int | None) -> str:
+    return "" if hidden is None else f" M={hidden}"
 
 
 register_experiment("transfer", Transfer())
