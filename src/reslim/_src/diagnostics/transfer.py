@@ -265,7 +265,7 @@ def verdicts(opt: pd.DataFrame, threshold: float = 0.25, tol: float = 0.02) -> p
 
 
 def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: int,
-                  metric: str = "final_loss", path=None):
+                  metric: str = "final_loss", path=None, hidden: int | None = None):
     """Final loss vs lr, one curve per depth (seed mean, min-max band), a panel per
     parameterization, optima marked. Returns the figure (saved to ``path`` if given)."""
     import matplotlib
@@ -309,7 +309,8 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, *, dataset: str, width: i
     label = metric.replace("_", " ")
     axes[0][0].set_ylabel(label if label.startswith("final") else f"final {label}")
     axes[0][-1].legend(fontsize=6)
-    fig.suptitle(f"{dataset}, width {width}", fontsize=9)
+    fig.suptitle(f"{dataset}, width {width}" if hidden in (None, width)
+                 else f"{dataset}, embedding dimension D = {width}, hidden width M = {hidden}", fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=90)

@@ -196,8 +196,9 @@ class Transfer(DepthKind):
         df, opt = analysis["table"], analysis["optima"]
         for d in spec.datasets:
             for W in spec.widths:
-                fig = tr.plot_transfer(df, opt, dataset=d.kind, width=W)
-                M = "" if spec.hidden in (None, W) else f", hidden width M = {spec.hidden}"
+                hidden = None if spec.block == "one-layer" else spec.hidden
+                fig = tr.plot_transfer(df, opt, dataset=d.kind, width=W, hidden=hidden)
+                M = "" if hidden in (None, W) else f", hidden width M = {hidden}"
                 s.figures.append(save(fig, figure_dir, f"transfer-{d.kind}-W{W}",
                                       f"{d.kind}, width {W}{M}: final risk vs lr, one curve per depth"))
         return [s]
