@@ -218,7 +218,8 @@ def _print(per_store: list[dict[str, dict]], labels: list[str], fmt: str, kind: 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"fitted exponents ({kind}): value [95% interval] verdict")
+    what = "learning-rate drifts per doubling of depth" if kind == "transfer" else "fitted exponents"
+    table = Table(title=f"{what} ({kind}): value [95% interval] verdict")
     for col in header:
         table.add_column(col, justify="left", no_wrap=True)
     for row in body:
