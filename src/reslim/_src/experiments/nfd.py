@@ -29,6 +29,11 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
 from .spec import SpecBase, StrictModel
 
+Sweep = Literal["width", "depth", "joint", "mup"]
+Mode = Literal["ordinary", "gia"]
+SWEEPS: tuple[Sweep, ...] = ("width", "depth", "joint", "mup")
+MODES: tuple[Mode, ...] = ("ordinary", "gia")
+
 
 class NFDDataSpec(StrictModel):
     """``synthetic``: X (P + P_test, d_in) i.i.d. N(0, 1), Y = sin(2 x.a) (d_out = 1), a a random unit
@@ -77,9 +82,8 @@ class NFDSpec(SpecBase):
     joint_width: PositiveInt = Field(8, description="the joint sweep's width is joint_width * L^2")
     repetitions: PositiveInt = 4
     seed: int = 0
-    sweeps: list[Literal["width", "depth", "joint", "mup"]] = Field(
-        default_factory=lambda: ["width", "depth", "joint", "mup"], min_length=1)
-    modes: list[Literal["ordinary", "gia"]] = Field(default_factory=lambda: ["ordinary", "gia"], min_length=1)
+    sweeps: list[Sweep] = Field(default_factory=lambda: list(SWEEPS), min_length=1)
+    modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     train: NFDTrainSpec = Field(default_factory=NFDTrainSpec)
     nfd: NFDSolverSpec = Field(default_factory=NFDSolverSpec)
     analysis: NFDAnalysisSpec = Field(default_factory=NFDAnalysisSpec)
@@ -115,6 +119,7 @@ def make_data(c: dict[str, Any]) -> dict[str, np.ndarray]:
         from ..training.data import digits
 
         d = digits(seed=c["seed"])
+        assert d.X_test is not None and d.Y_test is not None
         if P > d.N or Pt > d.X_test.shape[0]:
             raise ValueError(f"digits has {d.N} training and {d.X_test.shape[0]} test samples")
         X, Y, Xt, Yt = d.X[:P], d.Y[:P], d.X_test[:Pt], d.Y_test[:Pt]
@@ -229,6 +234,7 @@ class NFDExperiment(ExperimentKind):
         from ..limits.nfd import nfd_network_options
         from ..models.resnet import ResNet
         from ..scaling.parameterization import get_parameterization
+        from ..scaling.shapes import Shape
         from ..training.data import Dataset
         from ..training.trainer import train
 
@@ -241,7 +247,7 @@ class NFDExperiment(ExperimentKind):
             model_kw["param"] = get_parameterization(c["param"])
         d = make_data(c["data"])
         data = Dataset(d["X"], d["Y"], X_test=d["X_test"], Y_test=d["Y_test"])
-        net = ResNet((c["L"], c["D"], c["D"]), seeds=[r.config["seed"] for r in runs], dtype=c["dtype"],
+        net = ResNet(Shape(c["L"], c["D"], c["D"]), seeds=[r.config["seed"] for r in runs], dtype=c["dtype"],
                      **model_kw)
         record = ("loss", "outputs") + (("test_loss",) if d["X_test"] is not None else ())
         traj = train(net, data, gia=c["gia"], record=record, **opts["train"])

@@ -160,10 +160,11 @@ class NFDProblem:
         if (self.X_test is None) != (self.Y_test is None):
             raise ValueError("X_test and Y_test must be given together")
         if self.X_test is not None:
-            object.__setattr__(self, "X_test", _matrix("X_test", self.X_test, X.shape[1]))
-            object.__setattr__(self, "Y_test", _matrix("Y_test", self.Y_test, Y.shape[1]))
-            if self.X_test.shape[0] != self.Y_test.shape[0]:
+            Xt, Yt = _matrix("X_test", self.X_test, X.shape[1]), _matrix("Y_test", self.Y_test, Y.shape[1])
+            if Xt.shape[0] != Yt.shape[0]:
                 raise ValueError("X_test and Y_test must have as many rows")
+            object.__setattr__(self, "X_test", Xt)
+            object.__setattr__(self, "Y_test", Yt)
         P = X.shape[0]
         if self.batches is not None:
             b = np.asarray(self.batches)
@@ -191,7 +192,13 @@ class NFDProblem:
     @property
     def batch(self) -> int:
         """Samples per update ``b``."""
-        return self.batches.shape[1] if self.steps else self.P
+        return self.batch_indices.shape[1] if self.steps else self.P
+
+    @property
+    def batch_indices(self) -> np.ndarray:
+        """``batches`` (K, b), always set after validation."""
+        assert self.batches is not None
+        return self.batches
 
     @property
     def loss_scale(self) -> float:
@@ -257,7 +264,7 @@ class _GaussianField:
         self.z = torch.empty(S, cap, dtype=dtype, device=device)
         self.C = torch.zeros(cap, cap, dtype=dtype, device=device)
         self.n = 0
-        self.pending = None
+        self.pending: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
     def draw(self, K_Dn: torch.Tensor | None, K_nn: torch.Tensor, keep: int, gen) -> torch.Tensor:
         """Values (S, m) at ``m`` new points with kernel ``K_nn`` (m, m) and cross-kernel to the
@@ -281,6 +288,7 @@ class _GaussianField:
         return u
 
     def commit(self) -> None:
+        assert self.pending is not None, "draw() first"
         z, A, Lc = self.pending
         k, n = z.shape[1], self.n
         self.z[:, n : n + k] = z
@@ -300,7 +308,7 @@ class _Replica:
     diverged_at: int
 
 
-class NFDLimit(Limit):
+class NFDLimit(Limit[NFDProblem]):
     """Monte Carlo solver of the Neural Feature Dynamics (module docstring) for an
     :class:`NFDProblem`; returns a :class:`reslim.Trajectory` (batch axis of size 1).
 
@@ -347,14 +355,7 @@ class NFDLimit(Limit):
         self.record_particles = _int("record_particles", record_particles, 0)
         self.threads = None if threads is None else _int("threads", threads, 1)
 
-    def solve(self, problem: NFDProblem) -> Trajectory:  # type: ignore[override]
-        if not isinstance(problem, NFDProblem):
-            raise ValueError(f"problem must be an NFDProblem, got {type(problem).__name__}")
-        traj = self._solve(problem)
-        traj.meta.setdefault("limit", self.name)
-        return traj
-
-    def _solve(self, problem: NFDProblem) -> Trajectory:  # type: ignore[override]
+    def _solve(self, problem: NFDProblem) -> Trajectory:
         t0 = time.perf_counter()
         K = problem.steps
         ks = sorted({0, K} if self.kernel_steps is None else set(self.kernel_steps))
@@ -447,9 +448,9 @@ class NFDLimit(Limit):
         nrec = min(self.record_particles, S) if r == 0 else 0
         parts = ({k: np.full((K + 1, L + 1, nrec, P), np.nan) for k in ("h", "e")} if nrec else None)
         psi0 = None
-        diverged_at, bound = -1, None
+        diverged_at, bound = -1, math.inf
         for t in range(K + 1):
-            batch = pb.batches[t] if t < K else np.arange(P)
+            batch = pb.batch_indices[t] if t < K else np.arange(P)
             rest = np.setdiff1d(np.arange(m), batch)
             order = np.concatenate([batch, rest])
             inv = np.argsort(order)
@@ -466,7 +467,7 @@ class NFDLimit(Limit):
                 K_Dn = phiD[l, :, :n].mT @ a / S if n else None
                 u = fwd[l].draw(K_Dn, K_nn, keep, gen)
                 h = h + a1 * u
-                if n:
+                if K_Dn is not None:
                     h = h + (a2 * kappa) * (eD[l, :, :n] @ K_Dn)
                 H.append(h)
                 if keep:
@@ -494,7 +495,7 @@ class NFDLimit(Limit):
             e = dpsi(H[L][:, :P], pL[:, :P]) * (w @ resid.mT)  # (S, P)
             if kpos is not None:
                 G[kpos, L] = (e.mT @ e / S)[inv[:P]][:, inv[:P]].cpu().numpy()
-            if nrec:
+            if parts is not None:
                 parts["h"][t, L] = H[L][:nrec, :P][:, inv[:P]].cpu().numpy()
                 parts["e"][t, L] = e[:nrec][:, inv[:P]].cpu().numpy()
             for l in range(L - 1, -1, -1):
@@ -506,12 +507,12 @@ class NFDLimit(Limit):
                 K_Dn = eD[l, :, :n].mT @ e / S if n else None
                 v = bwd[l].draw(K_Dn, K_nn, keep, gen)
                 inc = a1 * v
-                if n:
+                if K_Dn is not None:
                     inc = inc + (a2 * kappa) * (phiD[l, :, :n] @ K_Dn)
                 e = e + dphi(hl, al) * inc
                 if kpos is not None:
                     G[kpos, l] = (e.mT @ e / S)[inv[:P]][:, inv[:P]].cpu().numpy()
-                if nrec:
+                if parts is not None:
                     parts["h"][t, l] = hl[:nrec][:, inv[:P]].cpu().numpy()
                     parts["e"][t, l] = e[:nrec][:, inv[:P]].cpu().numpy()
             if keep:

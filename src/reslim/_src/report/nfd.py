@@ -57,7 +57,9 @@ def analyse(kind, spec, store) -> NFDAnalysis:
         res.counts.setdefault(role, {}).setdefault(r.status, 0)
         res.counts[role][r.status] += 1
         res.seconds[role] = res.seconds.get(role, 0.0) + float(getattr(r, "seconds", 0.0) or 0.0)
-    rows, grid_rows, fits = [], [], []
+    rows: list[dict] = []
+    grid_rows: list[dict] = []
+    fits: list[dict] = []
     for i, _ in enumerate(spec.datasets):
         lim = {r.config["L"]: r for r in recs if r.config["role"] == "nfd" and r.config["dataset"] == i
                and r.status == "done"}
@@ -65,8 +67,9 @@ def analyse(kind, spec, store) -> NFDAnalysis:
             continue
         arrays = {L: store.arrays(r.key) for L, r in lim.items()}
         ref = arrays[spec.nfd.L]["outputs"]
-        curves = {f"NFD (L-grid {spec.nfd.L})": (_arr(lim[spec.nfd.L].metrics["loss"]),
-                                                   _arr(lim[spec.nfd.L].metrics["loss_stderr"]))}
+        best = lim[spec.nfd.L].metrics
+        curves: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+            f"NFD (L-grid {spec.nfd.L})": (_arr(best["loss"]), _arr(best["loss_stderr"]))}
         # the limit's own depth error: its output on grid L against the reference grid's. The solves
         # share the seed (common random numbers), so their difference is far less noisy than the
         # independent-draw bound sqrt(se_L^2 + se_ref^2) of the replica standard errors
@@ -151,14 +154,14 @@ def _on_sweep(spec, sweep: str, c: pd.DataFrame) -> pd.Series:
 
 
 def _cauchy_column(cells: pd.DataFrame, recs, store, spec) -> list[float]:
-    means = {}
+    outs: dict[tuple, list] = {}
     for r in recs:
         if r.config["role"] != "finite" or r.status != "done":
             continue
         key = (r.config["dataset"], r.config["param"], "gia" if r.config["gia"] else "ordinary",
                r.config["L"], r.config["D"])
-        means.setdefault(key, []).append(store.arrays(r.key)["outputs"])
-    means = {k: np.mean(v, axis=0) for k, v in means.items()}
+        outs.setdefault(key, []).append(store.arrays(r.key)["outputs"])
+    means = {k: np.mean(v, axis=0) for k, v in outs.items()}
     out = []
     for row in cells.to_dict("records"):
         key = (row["dataset"], row["param"], row["mode"], row["L"], row["D"])
