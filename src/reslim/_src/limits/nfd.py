@@ -57,33 +57,18 @@ import torch
 
 from ..models.activations import ACTIVATIONS, get_activation
 from ..models.resnet import derive_seed
+from ..training.divergence import DIVERGENCE_FACTOR, blowup_bound
 from ..training.trainer import threads
 from ..training.trajectory import Trajectory
-from .base import Limit
+from .base import LOSSES, Limit
+from .base import _positive as _pos
+from .deep_linear import _int
 
 OPTIMIZERS = ("gd", "sgd")
 READOUTS = ("linear", "phi")
-LOSSES = ("sum", "mean")
-DIVERGENCE_FACTOR = 1e6
 #: particles x points x max(points, stored points) below which one CPU thread is used (measured on
 #: 2 busy cores: the bench problem, 1024 x 16 x 40, takes 5.0 s on one thread and 21 s on two)
 SMALL_WORK = 2e7
-
-
-def _int(name: str, v, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
-
-
-def _pos(name: str, v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {v!r}") from None
-    if not (np.isfinite(f) and f > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    return f
 
 
 def _matrix(name: str, v, cols: int | None = None) -> np.ndarray:
@@ -482,7 +467,7 @@ class NFDLimit(Limit[NFDProblem]):
             outputs[t] = f.mT.cpu().numpy()
             risk = 0.5 * float(((f.mT[:P] - Y) ** 2).sum()) / (P * pb.loss_scale)
             if t == 0:
-                bound = DIVERGENCE_FACTOR * max(risk, 1.0)
+                bound = float(blowup_bound(np.array([risk]), DIVERGENCE_FACTOR)[0])  # as reslim.train
             if not np.isfinite(risk) or risk > bound or not bool(torch.isfinite(h).all()):
                 diverged_at = t
                 outputs[t:] = np.nan
