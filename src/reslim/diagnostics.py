@@ -28,6 +28,15 @@ Depth (docs/depth.md)::
     fit_depth_exponents(df, metrics, by), summarize_by_depth(df, metrics, by)
     lr_sweep(data, param, depths, widths, lrs, ...) -> DataFrame   (one batched run per shape)
     optimal_lr(lrs, losses), lr_drift(depths, lr_star), optima(df), verdicts(opt), plot_transfer
+    correction_study(data, depths, width, seeds, optimizers, variants, ...) -> CorrectionStudy
+                                    first-layer update, function update, eta*(L) of the correction
+    plot_correction(study, path), correction_table(fits)
+
+Scaling laws from the NFD view (docs/nfd-scaling.md)::
+
+    nfd_scaling(problem, depths, widths, seeds, modes, particles, ...) -> DataFrame
+    scaling_laws(df) -> ScalingLaws   depth trend of the limit, width error, crossover, compute
+    fit_depth_trend(L, R, se), plot_scaling(df, laws, path)
 
 Thresholds and meaning: docs/regimes.md.
 """
@@ -45,6 +54,14 @@ from ._src.diagnostics.coord_check import (
     plot_coord_check,
     trend,
 )
+from ._src.diagnostics.correction import (
+    VARIANTS,
+    CorrectionStudy,
+    correction_study,
+    correction_table,
+    plot_correction,
+    update_metrics,
+)
 from ._src.diagnostics.depth import (
     feature_updates,
     first_layer_collapse,
@@ -54,6 +71,13 @@ from ._src.diagnostics.depth import (
     summarize_by_depth,
 )
 from ._src.diagnostics.module_check import coord_check, coord_check_modules, measure_modules
+from ._src.diagnostics.nfd_scaling import (
+    ScalingLaws,
+    fit_depth_trend,
+    nfd_scaling,
+    plot_scaling,
+    scaling_laws,
+)
 from ._src.diagnostics.phase import (
     alpha_sweep,
     classify_point,
@@ -104,4 +128,15 @@ __all__ = [
     "optimal_lr",
     "plot_transfer",
     "verdicts",
+    "VARIANTS",
+    "CorrectionStudy",
+    "correction_study",
+    "correction_table",
+    "plot_correction",
+    "update_metrics",
+    "ScalingLaws",
+    "fit_depth_trend",
+    "nfd_scaling",
+    "plot_scaling",
+    "scaling_laws",
 ]

@@ -289,7 +289,7 @@ def plot_correction(study: CorrectionStudy, path=None, metrics: Sequence[str] = 
     return fig
 
 
-def exponent_table(fits: pd.DataFrame) -> str:
+def correction_table(fits: pd.DataFrame) -> str:
     """Markdown rows ``| optimizer | variant | metric | p [lo, hi] | predicted |``."""
     lines = ["| optimizer | variant | metric | exponent p [95% CI] | power count |", "|---|---|---|---|---|"]
     for _, r in fits.iterrows():
