@@ -45,6 +45,7 @@ KIND_MODULES = {
     "nonlinear-limit": "reslim._src.experiments.nonlinear_limit",
     "deep-linear": "reslim._src.experiments.deep_linear",
     "nfd": "reslim._src.experiments.nfd",
+    "transformer-convergence": "reslim._src.experiments.transformer_convergence",
     "nfd-scaling": "reslim._src.experiments.nfd_scaling",
 }
 
