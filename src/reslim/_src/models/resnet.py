@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ _SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F
 _SS_MIX_L, _SS_MIX_R = 0xCA01F9DD, 0x4973F715
 
 
-def derive_seeds(seeds: Sequence[int], stream: int | Sequence[int]) -> np.ndarray:
+def derive_seeds(seeds: Sequence[int] | np.ndarray, stream: int | Sequence[int] | np.ndarray) -> np.ndarray:
     """``derive_seed`` elementwise over broadcast ``seeds`` and ``stream`` (each stream
     ``< 2**32``), vectorised: NumPy ``SeedSequence``'s pool mixing (4 words) and state output
     in uint32 array arithmetic, exactly (tested), at a fraction of a microsecond per seed."""
@@ -73,7 +74,7 @@ def derive_seeds(seeds: Sequence[int], stream: int | Sequence[int]) -> np.ndarra
         return v ^ (v >> U(16))
 
     def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        r = U(_SS_MIX_L) * x - U(_SS_MIX_R) * y
+        r: np.ndarray = U(_SS_MIX_L) * x - U(_SS_MIX_R) * y
         return r ^ (r >> U(16))
 
     def state(entropy: list[np.ndarray]) -> np.ndarray:
@@ -131,6 +132,13 @@ class ResNet(nn.Module):
     coupled randomness of docs/theory.md §3.1). ``embed_seed`` may also be a sequence, one per
     network.
     """
+
+    # the weights (registered as parameters or buffers; declared here for the type checker)
+    W_e: torch.Tensor  # (B, D, d_in)
+    W_u: torch.Tensor  # (B, D, d_out)
+    U: torch.Tensor  # (L, B, D, M)  two-layer blocks
+    V: torch.Tensor  # (L, B, D, M)
+    W: torch.Tensor  # (L, B, D, D)  one-layer blocks
 
     def __init__(
         self,
@@ -287,14 +295,14 @@ class ResNet(nn.Module):
                 raise ValueError(f"{name} must be {'(D, d)' if single else '(B, D, d)'} like {first} "
                                  f"of shape {tuple(lead.shape)}, got shape {tuple(tensors[name].shape)}")
         d_in, d_out = tensors["W_e"].shape[-1], tensors["W_u"].shape[-1]
-        expected = {"U": (L, B, D, M), "V": (L, B, D, M), "W": (L, B, D, D),
+        expected: dict[str, tuple[int, ...]] = {"U": (L, B, D, M), "V": (L, B, D, M), "W": (L, B, D, D),
                     "W_e": (B, D, d_in), "W_u": (B, D, d_out)}
         for name, t in tensors.items():
-            want = expected[name]
+            shape_want = expected[name]
             if single:
-                want = want[:1] + want[2:] if name in ("U", "V", "W") else want[1:]
-            if tuple(t.shape) != want:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want} (from {first} of "
+                shape_want = shape_want[:1] + shape_want[2:] if name in ("U", "V", "W") else shape_want[1:]
+            if tuple(t.shape) != shape_want:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape_want} (from {first} of "
                                  f"shape {tuple(lead.shape)})")
         if single:
             tensors = {n: t.unsqueeze(0 if n in ("W_e", "W_u") else 1) for n, t in tensors.items()}
@@ -363,7 +371,7 @@ class ResNet(nn.Module):
     def beta(self) -> float:
         return self.scales["branch"].multiplier
 
-    def role_tensors(self) -> dict[str, nn.Parameter]:
+    def role_tensors(self) -> dict[str, torch.Tensor]:
         """Every weight by role: ``embed``, block roles, ``readout``."""
         out = {"embed": self.W_e}
         out.update({r: getattr(self, r) for r in self.block_roles})
@@ -421,7 +429,9 @@ class ResNet(nn.Module):
         h = self.mult("embed") * torch.matmul(self.inputs(X), self.W_e.mT)
         if h.dim() == 2:
             h = h.expand(self.batch_size, -1, -1)
-        hidden, pre, acts = [h], [], []
+        hidden: list[torch.Tensor] = [h]
+        pre: list[torch.Tensor] = []
+        acts: list[torch.Tensor] = []
         coef = self.beta * self.mult("V" if self.block == "two-layer" else "W")
         if delta is None and self.kernels_apply(h.shape[-2]):
             return self._forward_kernels(h, hidden, pre, acts, coef)
@@ -572,8 +582,9 @@ class LowRankDelta:
         self.capacity = int(capacity)
         self.rank = 0
         self.targets = targets  # weights that receive the flushed sum (forward and mirrors)
-        kw = dict(dtype=model.dtype, device=model.device)
-        self.A, self.F = {}, {}
+        kw: dict[str, Any] = dict(dtype=model.dtype, device=model.device)
+        self.A: dict[str, torch.Tensor] = {}
+        self.F: dict[str, torch.Tensor] = {}
         for role in model.block_roles:
             cols = M if role in ("U", "V") else D
             self.A[role] = torch.zeros(L, B, D, self.capacity, **kw)

@@ -29,7 +29,7 @@ class Trajectory:
     """
 
     loss: np.ndarray
-    outputs: np.ndarray
+    outputs: np.ndarray | None  # None when not recorded
     h_last: np.ndarray | None
     depth: np.ndarray
     diverged_at: np.ndarray
@@ -56,8 +56,8 @@ class Trajectory:
         final loss range over the networks that did not diverge, the diverged count."""
         recorded = ", ".join(f"{n}{tuple(a.shape)}" for n, a in self.arrays().items()
                              if n not in ("depth", "diverged_at"))
-        final = np.asarray(self.loss[-1], dtype=float)[~self.diverged] if self.loss.size else []
-        final = final[np.isfinite(final)] if len(final) else final
+        final = np.asarray(self.loss[-1], dtype=float)[~self.diverged] if self.loss.size else np.zeros(0)
+        final = final[np.isfinite(final)]
         if len(final) == 0:
             loss = "none finite"
         elif len(final) == 1 or final.min() == final.max():
@@ -84,7 +84,7 @@ class Trajectory:
             return None if a is None else a[:, b : b + 1]
 
         return Trajectory(
-            loss=take(self.loss), outputs=take(self.outputs), h_last=take(self.h_last),
+            loss=self.loss[:, b : b + 1], outputs=take(self.outputs), h_last=take(self.h_last),
             depth=self.depth, diverged_at=self.diverged_at[b : b + 1], hidden=take(self.hidden),
             pre=take(self.pre), backward=take(self.backward), test_loss=take(self.test_loss),
             meta=dict(self.meta),
