@@ -36,3 +36,20 @@ def test_sqrt_heads_table():
     assert t.rules["Q"].lr_sgd.exponent("M") == 0 and t.rules["Q"].lr_sgd.exponent("L") == 1
     with pytest.raises(ValueError, match="axis"):
         head_movement("mlu", "T", (1, 2))
+
+
+def test_cli_coord_check_transformer():
+    from typer.testing import CliRunner
+
+    from reslim.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["coord-check", "--arch", "transformer", "--param", "mlu", "--axis", "M",
+                              "--sizes", "8,16,32,64", "--steps", "2", "--seeds", "3"])
+    assert res.exit_code == 0, res.output
+    assert "movement at step 2" in res.output and "dq" in res.output and "do" in res.output
+    assert res.output.count("Θ(1)") == 4
+    bad = runner.invoke(app, ["coord-check", "--arch", "transformer", "--param", "ntk", "--axis", "M"])
+    assert bad.exit_code == 2 and "transformer preset" in bad.output
+    bad = runner.invoke(app, ["coord-check", "--arch", "cnn"])
+    assert bad.exit_code == 2 and "--arch" in bad.output

@@ -97,10 +97,23 @@ def coord_check_cmd(
     all_presets: bool = typer.Option(False, "--all-presets",
                                      help="measure every preset and print the exponent table"),
     table: str = typer.Option("", "--table", help="with --all-presets: also write the Markdown table here"),
+    arch: str = typer.Option("resnet", "--arch", metavar="resnet|transformer",
+                             help="transformer: per-head q/k/v/O movement exponents, eta 0.05 unless "
+                             "--lr is given (docs/transformers.md)"),
 ) -> None:
     """Coordinate check: fitted exponents of every layer's activations and updates along L, M, D,
     and the verdict (feature learning / lazy / partial / unstable)."""
     from rich.console import Console
+
+    if arch not in ("resnet", "transformer"):
+        fail(f"--arch must be resnet or transformer, got {arch!r}")
+    if arch == "transformer":
+        from .coord_check_transformer import transformer_check
+
+        axes_t = [a.strip() for a in axis.split(",") if a.strip()]
+        transformer_check(param, axes_t, _floats(sizes, "--sizes") if sizes else None,
+                          base if base != "8,256,64" else None, lr if lr != 0.1 else 0.05, steps, seeds, tol)
+        return
 
     from ..diagnostics.coord_check import (
         AXES,
