@@ -212,8 +212,8 @@ def _print(per_store: list[dict[str, dict]], labels: list[str], fmt: str, kind: 
 
         typer.echo("| " + " | ".join(map(esc, header)) + " |")
         typer.echo("|" + "---|" * len(header))
-        for row in body:
-            typer.echo("| " + " | ".join(map(esc, row)) + " |")
+        for cells in body:
+            typer.echo("| " + " | ".join(map(esc, cells)) + " |")
         return
     from rich.console import Console
     from rich.table import Table
@@ -222,8 +222,8 @@ def _print(per_store: list[dict[str, dict]], labels: list[str], fmt: str, kind: 
     table = Table(title=f"{what} ({kind}): value [95% interval] verdict")
     for col in header:
         table.add_column(col, justify="left", no_wrap=True)
-    for row in body:
-        table.add_row(*row)
+    for cells in body:
+        table.add_row(*cells)
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     Console(width=max(80, sum(widths) + 3 * len(widths) + 1)).print(table)
     if not any(f[n]["verdict"] for f in per_store for n in f):

@@ -182,13 +182,14 @@ def fit_depth_trend(
     """Weighted fit of ``R = R_NFD + a L^-p`` (``p`` in [0.05, 4]); NaN rows dropped."""
     from scipy.optimize import curve_fit
 
-    L, R, se = (np.asarray(v, dtype=float) for v in (L, R, se))
-    ok = np.isfinite(R) & np.isfinite(L) & (L > 0)
-    L, R = L[ok], R[ok]
-    se = np.where(
-        np.isfinite(se[ok]) & (se[ok] > 0), se[ok], np.nanmax(se[ok]) if np.isfinite(se[ok]).any() else 1.0
+    Lv, Rv, sev = (np.asarray(v, dtype=float) for v in (L, R, se))
+    ok = np.isfinite(Rv) & np.isfinite(Lv) & (Lv > 0)
+    Lv, Rv = Lv[ok], Rv[ok]
+    sev = np.where(
+        np.isfinite(sev[ok]) & (sev[ok] > 0), sev[ok],
+        np.nanmax(sev[ok]) if np.isfinite(sev[ok]).any() else 1.0,
     )
-    if L.size < 4:
+    if Lv.size < 4:
         raise ValueError("need the limit at four or more depths to fit R_NFD + a L^-p")
     lo, hi = (-np.inf, -np.inf, 0.05), (np.inf, np.inf, 4.0)
 
@@ -196,24 +197,28 @@ def fit_depth_trend(
         p0 = (float(y[-1]), float(y[0] - y[-1]), 1.0)
         try:
             th, _ = curve_fit(
-                _depth_model, L, y, p0=p0, sigma=se, absolute_sigma=True, bounds=(lo, hi), maxfev=20000
+                _depth_model, Lv, y, p0=p0, sigma=sev, absolute_sigma=True, bounds=(lo, hi), maxfev=20000
             )
         except (RuntimeError, ValueError):
             return None
         return th
 
-    th = fit(R)
+    th = fit(Rv)
     if th is None:
         raise ValueError("the depth-trend fit did not converge")
-    chi2 = float(np.sum(((R - _depth_model(L, *th)) / se) ** 2) / max(L.size - 3, 1))
+    chi2 = float(np.sum(((Rv - _depth_model(Lv, *th)) / sev) ** 2) / max(Lv.size - 3, 1))
     rng = np.random.default_rng(seed)
-    boots = [b for b in (fit(R + se * rng.standard_normal(R.size)) for _ in range(n_boot)) if b is not None]
+    fits = (fit(Rv + sev * rng.standard_normal(Rv.size)) for _ in range(n_boot))
+    boots = [b for b in fits if b is not None]
     if boots:
         B = np.array(boots)
-        ci = [tuple(float(v) for v in np.percentile(B[:, j], [2.5, 97.5])) for j in range(3)]
+        ci: list[tuple[float, float]] = []
+        for j in range(3):
+            q_lo, q_hi = np.percentile(B[:, j], [2.5, 97.5])
+            ci.append((float(q_lo), float(q_hi)))
     else:
         ci = [(math.nan, math.nan)] * 3
-    return DepthFit(float(th[0]), float(th[1]), float(th[2]), ci[0], ci[1], ci[2], chi2, int(L.size))
+    return DepthFit(float(th[0]), float(th[1]), float(th[2]), ci[0], ci[1], ci[2], chi2, int(Lv.size))
 
 
 @dataclass(frozen=True)
@@ -268,8 +273,8 @@ def _width_fit(D: np.ndarray, d: np.ndarray, s2: np.ndarray, which: str, n_boot:
     lo = hi = math.nan
     if n_boot and d.shape[2] >= 2:
         rng = np.random.default_rng(seed)
-        bs = [slope(err(d[:, :, rng.integers(0, d.shape[2], d.shape[2])]))[0] for _ in range(n_boot)]
-        bs = np.array([b for b in bs if math.isfinite(b)])
+        draws = [slope(err(d[:, :, rng.integers(0, d.shape[2], d.shape[2])]))[0] for _ in range(n_boot)]
+        bs = np.array([b for b in draws if math.isfinite(b)])
         if bs.size:
             lo, hi = (float(v) for v in np.percentile(bs, [2.5, 97.5]))
     return {
@@ -350,13 +355,13 @@ def scaling_laws(df: pd.DataFrame, n_boot: int = 500) -> ScalingLaws:
         for D, gd in cm.groupby("width"):
             row = {"mode": mode, "width": float(D)}
             for which in ("eps", "bias"):
-                err = dict(zip(gd["L"], gd[which].abs(), strict=True))
+                errs = dict(zip(gd["L"], gd[which].abs(), strict=True))
                 res = dict(zip(gd["L"], gd["bias_se"], strict=True))
                 measured = math.nan
-                for L in sorted(err):
+                for L in sorted(errs):
                     gain = limit.loc[limit["L"] == L, "gain"]
-                    resolved = which == "eps" or err[L] > 2 * res[L]
-                    if len(gain) and np.isfinite(gain.iloc[0]) and gain.iloc[0] < err[L] and resolved:
+                    resolved = which == "eps" or errs[L] > 2 * res[L]
+                    if len(gain) and np.isfinite(gain.iloc[0]) and gain.iloc[0] < errs[L] and resolved:
                         measured = float(L)
                         break
                 model = math.nan
@@ -463,9 +468,9 @@ def plot_scaling(df: pd.DataFrame, laws: ScalingLaws, path=None):
     ax1.set_ylabel("final training loss")
     ax1.set_title("loss vs depth (seed means; solid: ordinary, dotted: GIA)", fontsize=7)
     ax1.legend(fontsize=5, ncol=2)
-    Ls = sorted(fin["L"].unique()) if len(fin) else []
-    for i, L in enumerate(Ls):
-        color = cm(i / max(1, len(Ls) - 1))
+    depths: list = sorted(fin["L"].unique()) if len(fin) else []
+    for i, L in enumerate(depths):
+        color = cm(i / max(1, len(depths) - 1))
         for m in modes:
             g = fin[(fin["L"] == L) & (fin["mode"] == m)].sort_values("width")
             ax2.plot(

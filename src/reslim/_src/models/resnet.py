@@ -130,7 +130,7 @@ class ResNet(nn.Module):
     drawn from the same seed, unless ``embed_seed`` is given: then one pair ``(W_e, W_u)`` of
     ``embed_dim_max`` rows is drawn from it and every network uses the first ``D`` rows (the
     coupled randomness of docs/theory.md §3.1). ``embed_seed`` may also be a sequence, one per
-    network.
+    network. ``shape``: a :class:`Shape`, ``(L, M, D)`` or ``"L,M,D"``.
     """
 
     # the weights (registered as parameters or buffers; declared here for the type checker)
@@ -142,7 +142,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        shape: Shape,
+        shape: Shape | Sequence[int] | str,  # (L, M, D) or "L,M,D"
         *,
         param: Parameterization | str = "mlu",
         d_in: int,
