@@ -55,16 +55,23 @@ class Coefficients:
     def at_depths(self, name: str, depths: np.ndarray) -> np.ndarray:
         """``a`` or ``c`` at arbitrary depths in [0, 1] (piecewise cubic Hermite on the fine
         grid, fourth order): (K+1, B, len(depths), p, N)."""
-        s = np.asarray(depths, dtype=np.float64).ravel()
-        if s.size and (s.min() < -1e-12 or s.max() > 1 + 1e-12):
-            raise ValueError("depths must lie in [0, 1]")
-        y, dy = getattr(self, name), getattr(self, "d" + name)
-        n = 2 * self.S
-        h = 1.0 / n
-        i = np.clip(np.floor(s * n).astype(int), 0, n - 1)
-        t = (s - i * h) / h
-        h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
-        h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
-        w = lambda v: v[None, None, :, None, None]  # noqa: E731
-        return (w(h00) * y[:, :, i] + w(h10 * h) * dy[:, :, i] + w(h01) * y[:, :, i + 1]
-                + w(h11 * h) * dy[:, :, i + 1])
+        return hermite_at_depths(getattr(self, name), getattr(self, "d" + name), self.S, depths)
+
+
+def hermite_at_depths(y: np.ndarray, dy: np.ndarray, S: int, depths: np.ndarray) -> np.ndarray:
+    """Values ``y`` (K+1, B, 2S+1, ...) with depth derivatives ``dy`` on the fine grid j / 2S,
+    at arbitrary ``depths`` in [0, 1] by piecewise cubic Hermite interpolation (fourth order):
+    (K+1, B, len(depths), ...)."""
+    s = np.asarray(depths, dtype=np.float64).ravel()
+    if s.size and (s.min() < -1e-12 or s.max() > 1 + 1e-12):
+        raise ValueError("depths must lie in [0, 1]")
+    n = 2 * S
+    h = 1.0 / n
+    i = np.clip(np.floor(s * n).astype(int), 0, n - 1)
+    t = (s - i * h) / h
+    h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
+    h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
+    shape = (1, 1, s.size) + (1,) * (y.ndim - 3)
+    w = lambda v: v.reshape(shape)  # noqa: E731
+    return (w(h00) * y[:, :, i] + w(h10 * h) * dy[:, :, i] + w(h01) * y[:, :, i + 1]
+            + w(h11 * h) * dy[:, :, i + 1])
