@@ -65,6 +65,7 @@ from .base import _positive as _pos
 from .deep_linear import _int
 
 OPTIMIZERS = ("gd", "sgd")
+COUPLINGS = ("reused", "gia")
 READOUTS = ("linear", "phi")
 #: particles x points x max(points, stored points) below which one CPU thread is used (measured on
 #: 2 busy cores: the bench problem, 1024 x 16 x 40, takes 5.0 s on one thread and 21 s on two)
@@ -234,6 +235,14 @@ def _chol(M: torch.Tensor, scale: float, rel: float = 1e-10) -> torch.Tensor:
     raise RuntimeError("kernel matrix is not positive semi-definite")
 
 
+def _control(F: torch.Tensor, F0: torch.Tensor) -> torch.Tensor:
+    """``F - beta F0`` per column with the least-squares ``beta``: a control variate for the Stein
+    estimates, exact because ``F0`` (the same function at step 0) is uncorrelated with the draws."""
+    num, den = (F * F0).sum(0), (F0 * F0).sum(0)
+    beta = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return F - beta * F0
+
+
 def _randn(gen: torch.Generator, rows: int, cols: int, dtype, device) -> torch.Tensor:
     """Standard normals drawn in float32 (torch's CPU generator is several times faster there than in
     float64; measured: the float64 draws took 3/4 of a solve) and held in ``dtype``."""
@@ -250,6 +259,9 @@ class _GaussianField:
         self.C = torch.zeros(cap, cap, dtype=dtype, device=device)
         self.n = 0
         self.pending: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        #: the last draw in full: fresh whitened draws (S, m), conditioning map A (m, n) or None and
+        #: conditional Cholesky factor (m, m), for the reused-weight responses
+        self.last: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
     def draw(self, K_Dn: torch.Tensor | None, K_nn: torch.Tensor, keep: int, gen) -> torch.Tensor:
         """Values (S, m) at ``m`` new points with kernel ``K_nn`` (m, m) and cross-kernel to the
@@ -270,7 +282,23 @@ class _GaussianField:
         if mean is not None:
             u = u + mean
         self.pending = (znew[:, :keep], None if A is None else A[:keep], Lc[:keep, :keep])
+        self.last = (znew, A, Lc)
         return u
+
+    def residual(self, F: torch.Tensor, W: torch.Tensor | None) -> torch.Tensor:
+        """``F`` (S, k): a function's values at the first ``k`` points of the last draw, less their
+        regression on the stored points, ``F - W A^T`` (``W`` (S, n): the function's whitened values
+        ``F_D C^{-T}`` at the stored points; ``F`` itself when there are none)."""
+        assert self.last is not None, "draw() first"
+        A = self.last[1]
+        return F if A is None or W is None else F - W @ A[: F.shape[1]].mT
+
+    def whitened(self, R: torch.Tensor) -> torch.Tensor:
+        """A :meth:`residual` ``R`` (S, k) whitened, ``R L_c^{-T}``: ``[W, result]`` is ``F C'^{-T}``
+        for the factor ``C'`` the first ``k`` points extend ``C`` to at :meth:`commit`."""
+        assert self.last is not None, "draw() first"
+        k = R.shape[1]
+        return torch.linalg.solve_triangular(self.last[2][:k, :k], R.mT, upper=False).mT
 
     def commit(self) -> None:
         assert self.pending is not None, "draw() first"
@@ -322,7 +350,7 @@ class NFDLimit(Limit[NFDProblem]):
 
     def __init__(self, L: int = 64, particles: int = 4096, replicas: int = 4, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", kernel_steps=None,
-                 record_particles: int = 0, threads: int | None = None) -> None:
+                 record_particles: int = 0, threads: int | None = None, coupling: str = "gia") -> None:
         self.L = _int("L", L, 1)
         self.particles = _int("particles", particles, 2)
         self.replicas = _int("replicas", replicas, 1)
@@ -339,6 +367,9 @@ class NFDLimit(Limit[NFDProblem]):
         self.kernel_steps = None if kernel_steps is None else [int(k) for k in kernel_steps]
         self.record_particles = _int("record_particles", record_particles, 0)
         self.threads = None if threads is None else _int("threads", threads, 1)
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
+        self.coupling = coupling
 
     def _solve(self, problem: NFDProblem) -> Trajectory:
         t0 = time.perf_counter()
@@ -373,6 +404,7 @@ class NFDLimit(Limit[NFDProblem]):
                 "parameterization": "depth-mup", "block": "one-layer", "readout": problem.readout,
                 "eta": problem.lr, "gamma0": problem.gamma0, "alpha": problem.alpha, "L": self.L,
                 "particles": self.particles, "replicas": R, "seed": self.seed, "scheme": "euler-maruyama",
+                "coupling": self.coupling,
                 "output_stderr": se[:, None, :P], "loss_stderr": loss_se[:, None],
                 "replica_outputs": outs[:, :, :P], "batches": problem.batches, "kernel_steps": ks}
         for name in ("Phi", "G"):
@@ -426,6 +458,13 @@ class NFDLimit(Limit[NFDProblem]):
         bwd = [_GaussianField(S, cap, dt, dev) for _ in range(L)]
         phiD = torch.empty(L, S, cap, dtype=dt, device=dev)  # phi(h^l_mu(s)), (mu, s) batch points
         eD = torch.empty(L, S, cap, dtype=dt, device=dev)  # e^{l+1}_mu(s)
+        reused = self.coupling == "reused"
+        if reused:  # the reused-weight responses (module docstring): whitened stored values, t = 0 values
+            phiW = torch.empty(L, S, cap, dtype=dt, device=dev)  # phi_D C_u^{-T} per layer
+            eW = torch.empty(L, S, cap, dtype=dt, device=dev)  # e_D C_v^{-T}
+            F0 = torch.empty(L, S, m, dtype=dt, device=dev)  # phi(h^l(x, 0)), original point order
+            E0 = torch.empty(L, S, P, dtype=dt, device=dev)  # e^{l+1}(x, 0), training points
+            Rf = torch.empty(L, S, P, dtype=dt, device=dev)  # phi(h^l(x, t)) less its regression on phi_D
         n = 0
         outputs = np.full((K + 1, m, dout), np.nan)
         Phi = np.full((len(ks), L + 1, P, P), np.nan)
@@ -451,6 +490,16 @@ class NFDLimit(Limit[NFDProblem]):
                     Phi[kpos, l] = K_nn[inv[:P]][:, inv[:P]].cpu().numpy()
                 K_Dn = phiD[l, :, :n].mT @ a / S if n else None
                 u = fwd[l].draw(K_Dn, K_nn, keep, gen)
+                if reused:
+                    if t == 0:
+                        F0[l] = a[:, inv]
+                    elif n:  # u + E[d phi(h^l(t)) / d v^l_D] e_D, by Stein's lemma on the whitened draws
+                        Fc = _control(a, F0[l][:, o_t])
+                        u = u + eW[l, :, :n] @ (bwd[l].z[:, :n].mT @ Fc / S)
+                    Rl = fwd[l].residual(a[:, :P], phiW[l, :, :n] if n else None)
+                    Rf[l] = Rl
+                    if keep:
+                        phiW[l, :, n : n + keep] = fwd[l].whitened(Rl[:, :keep])
                 h = h + a1 * u
                 if K_Dn is not None:
                     h = h + (a2 * kappa) * (eD[l, :, :n] @ K_Dn)
@@ -491,6 +540,20 @@ class NFDLimit(Limit[NFDProblem]):
                 K_nn = e.mT @ e / S
                 K_Dn = eD[l, :, :n].mT @ e / S if n else None
                 v = bwd[l].draw(K_Dn, K_nn, keep, gen)
+                if reused:
+                    if t == 0:
+                        E0[l, :, tr] = e
+                    else:  # v + E[d e^{l+1}(t) / d u^l] phi: stored points and (diagonal) this step's
+                        Ec = _control(e, E0[l][:, tr])
+                        zc, _, Lc = fwd[l].last  # type: ignore[misc]
+                        Lp = Lc[:P]
+                        Bd = ((zc.mT @ Ec / S).mT * Lp).sum(1) / (Lp * Lp).sum(1)
+                        v = v + Rf[l] * Bd
+                        if n:
+                            v = v + phiW[l, :, :n] @ (fwd[l].z[:, :n].mT @ Ec / S)
+                    if keep:
+                        eW[l, :, n : n + keep] = bwd[l].whitened(
+                            bwd[l].residual(e[:, :keep], eW[l, :, :n] if n else None))
                 inc = a1 * v
                 if K_Dn is not None:
                     inc = inc + (a2 * kappa) * (phiD[l, :, :n] @ K_Dn)
@@ -511,4 +574,4 @@ class NFDLimit(Limit[NFDProblem]):
 
     def __repr__(self) -> str:
         return (f"NFDLimit(L={self.L}, particles={self.particles}, replicas={self.replicas}, "
-                f"seed={self.seed}, device={self.device!r})")
+                f"seed={self.seed}, device={self.device!r}, coupling={self.coupling!r})")
