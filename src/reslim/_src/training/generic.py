@@ -243,8 +243,7 @@ def train_batched(
         for arr in arrays.values():
             arr[diverged_at[b]:, b] = np.nan
     traj = Trajectory(
-        loss=arrays["loss"], outputs=arrays.get("outputs"),  # type: ignore[arg-type]
-        h_last=arrays.get("h_last"),
+        loss=arrays["loss"], outputs=arrays.get("outputs"), h_last=arrays.get("h_last"),
         hidden=arrays.get("hidden"), pre=arrays.get("pre"), test_loss=arrays.get("test_loss"),
         depth=np.array([0.0, 1.0]) if depth is None else np.asarray(depth, dtype=np.float64),
         diverged_at=diverged_at,
