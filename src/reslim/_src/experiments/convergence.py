@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -269,6 +269,7 @@ class Convergence(ExperimentKind):
         for rep in range(spec.repetitions):
             fields = (*self.common(spec), "reference", ref, rep, _seed(spec.seed, _ROLE_ID["reference"], rep),
                       _seed(spec.seed, 99, rep), spec.embed_dim_max)
+            config: ReferenceConfig
             if isinstance(spec.reference, NetworkReference):
                 config = NetworkReferenceConfig(*fields, shape=list(spec.reference.shape))
             else:
@@ -317,14 +318,15 @@ class Convergence(ExperimentKind):
         configs = [run_config(r.config) for r in runs]
         c = configs[0]
         if isinstance(c, ReferenceConfig) and not isinstance(c, NetworkReferenceConfig):
-            return self._execute_limit(runs, configs)
+            return self._execute_limit(runs, cast(list[ReferenceConfig], configs))
         assert isinstance(c, GridConfig | NetworkReferenceConfig)
+        nets = cast(list[GridConfig | NetworkReferenceConfig], configs)
         t0 = time.perf_counter()
         param = c.model.param.build()
         coupled = c.embed_seed is not None
         net = ResNet(Shape(*c.shape), param=param, d_in=c.data.d_in, d_out=c.data.d_out,
-                     block=c.model.block, activation=c.model.activation, seeds=[r.seed for r in configs],
-                     embed_seed=[r.embed_seed for r in configs] if coupled else None,
+                     block=c.model.block, activation=c.model.activation, seeds=[r.seed for r in nets],
+                     embed_seed=[cast(int, r.embed_seed) for r in nets] if coupled else None,
                      embed_dim_max=c.embed_dim_max, dtype=c.dtype)
         data = _data(c)
         traj = train(net, data, steps=c.train.steps, lr=c.train.lr, optimizer=c.train.optimizer,

@@ -19,8 +19,9 @@ Runs (all stage 1; the limit is solved inside the workers, cached per process):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -219,6 +220,7 @@ class DeepLinear(ExperimentKind):
 
     def expand(self, spec: DeepLinearSpec) -> list[Run]:
         runs = []
+        cfg: DeepLinearConfig
         K, P, d, k = spec.train.steps, spec.data.P, spec.data.d, spec.data.k
         if "finite" in spec.roles:
             for L in spec.L:
@@ -251,12 +253,12 @@ class DeepLinear(ExperimentKind):
     def execute(self, runs: list[Run]) -> list[RunResult]:
         configs = [run_config(r.config) for r in runs]
         if isinstance(configs[0], LawConfig):
-            return self._law(runs, configs)
+            return self._law(runs, cast(list[LawConfig], configs))
         if isinstance(configs[0], FiniteConfig):
-            return self._finite(runs, configs)
-        return [self._flow(r, c) for r, c in zip(runs, configs, strict=True)]
+            return self._finite(runs, cast(list[FiniteConfig], configs))
+        return [self._flow(r, cast(FlowConfig, c)) for r, c in zip(runs, configs, strict=True)]
 
-    def _net(self, configs: list[FiniteConfig]):
+    def _net(self, configs: Sequence[FiniteConfig]):
         from ..models.deep_linear import DeepLinearNetwork
 
         c = configs[0]
@@ -323,7 +325,7 @@ class DeepLinear(ExperimentKind):
         seconds = (time.perf_counter() - t0) / len(runs)
         out = []
         for b, run in enumerate(runs):
-            metrics = {n: _list(v[:, b]) for n, v in ks.items()}
+            metrics: dict[str, Any] = {n: _list(v[:, b]) for n, v in ks.items()}
             metrics.update({"rank": rank[:, b].tolist(), "steps": list(law.steps),
                             "samples": {"first": N * c.data.d, "readout": N * c.data.k,
                                         "hidden": N * c.data.P}})

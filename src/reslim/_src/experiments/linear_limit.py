@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -269,7 +269,7 @@ class LinearLimit(ExperimentKind):
 
     def figure_solution(self, spec: LinearLimitSpec, config: dict[str, Any]):
         """The large-D limit of a finite run's problem (the coordinate figures draw it)."""
-        c = self.run_config(config)
+        c = cast(FiniteConfig, self.run_config(config))
         net = ResNet(Shape(1, 1, c.shape[2]), param=spec.model.param.build(), d_in=spec.data.d_in,
                      d_out=spec.data.d_out, activation="identity", seeds=[0])
         _, _, e_std, u_std = effective_embeddings(net)
@@ -293,6 +293,7 @@ class LinearLimit(ExperimentKind):
         runs = []
         R, R_gap = spec.repetitions, self.gap_repetitions(spec)
         emb = [_seed(spec.seed, 99, r) for r in range(max(R, R_gap))]
+        config: LimitConfig
         if "finite" in spec.roles:
             for L, M, D in (s.as_tuple() for s in spec.grid.shapes()):
                 for r in range(R):
@@ -352,7 +353,7 @@ class LinearLimit(ExperimentKind):
         from ..limits.mean_ode import MeanODE
 
         t0 = time.perf_counter()
-        c = self.run_config(runs[0].config)
+        c = cast(FiniteConfig, self.run_config(runs[0].config))
         L, M, D = c.shape
         K = c.train.steps
         net = self._net(runs, (L, M, D))
@@ -363,6 +364,7 @@ class LinearLimit(ExperimentKind):
                      record=("loss", "outputs", "hidden"))
         del net
         h = traj.hidden  # (K+1, B, L+1, N, D)
+        assert h is not None  # recorded
         depth = traj.depth
         # large-D limit: H_d(s_l) = a_k(s_l)^T z_d with z_d = (W_e[d], W_u[d])
         sol = large_d_solution(c, alpha, e_std, u_std)
@@ -411,7 +413,7 @@ class LinearLimit(ExperimentKind):
         from ..limits.mean_ode import MeanODE
 
         t0 = time.perf_counter()
-        c = self.run_config(runs[0].config)
+        c = cast(GapConfig, self.run_config(runs[0].config))
         D, K = c.D, c.train.steps
         net = self._net(runs, (1, 1, D))
         alpha = float(net.param.alpha)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -175,9 +175,11 @@ class Scrambles:
 
     @classmethod
     def stack(cls, parts: list[Scrambles]) -> Scrambles:
-        return cls(*(np.concatenate([getattr(p, n) for p in parts], axis=2)
-                     for n in ("a", "da", "outputs")),
-                   np.concatenate([p.diverged_at for p in parts]), parts[0].S)
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts], axis=2)
+
+        return cls(cat("a"), cat("da"), cat("outputs"), np.concatenate([p.diverged_at for p in parts]),
+                   parts[0].S)
 
     def take(self, b: int) -> Scrambles:
         return Scrambles(self.a[:, :, b:b + 1], self.da[:, :, b:b + 1], self.outputs[:, :, b:b + 1],
@@ -185,13 +187,11 @@ class Scrambles:
 
     def at_depths(self, depths: np.ndarray) -> np.ndarray:
         """(R_s, K+1, B, n, r, N) by the limits' own Hermite interpolation."""
-        from ..limits.coefficients import Coefficients
+        from ..limits.coefficients import hermite_at_depths
 
         R, K1, B = self.a.shape[:3]
         fold = lambda v: np.swapaxes(v, 0, 1).reshape(K1, R * B, *v.shape[3:])  # noqa: E731
-        coef = Coefficients(a=fold(self.a), c=None, da=fold(self.da), dc=None, Sigma=None, outputs=None,
-                            loss=None, diverged_at=None, G=None, d_in=0, S=self.S)
-        out = coef.at_depths("a", depths)
+        out = hermite_at_depths(fold(self.a), fold(self.da), self.S, depths)
         return np.swapaxes(out.reshape(K1, R, B, *out.shape[2:]), 0, 1)
 
     def on_grid(self) -> np.ndarray:
@@ -295,20 +295,20 @@ def output_errors(y_lim: np.ndarray, y: np.ndarray | None = None) -> dict[str, n
 class NonlinearFiniteConfig(FiniteConfig):
     """A ``nonlinear-limit`` finite run (the nonlinear kind's spec sections)."""
 
-    model: NonlinearModelSpec
-    data: GaussianDataSpec
-    train: GDTrainSpec
-    limit: SampledLimitSpec
+    model: NonlinearModelSpec  # type: ignore[assignment]  # the nonlinear kind's sections, read by from_dict
+    data: GaussianDataSpec  # type: ignore[assignment]
+    train: GDTrainSpec  # type: ignore[assignment]
+    limit: SampledLimitSpec  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
 class NonlinearGapConfig(GapConfig):
     """A ``nonlinear-limit`` limit-gap run: the sampled MeanODE at ``D`` against the sampled large-D limit."""
 
-    model: NonlinearModelSpec
-    data: GaussianDataSpec
-    train: GDTrainSpec
-    limit: SampledLimitSpec
+    model: NonlinearModelSpec  # type: ignore[assignment]  # the nonlinear kind's sections, read by from_dict
+    data: GaussianDataSpec  # type: ignore[assignment]
+    train: GDTrainSpec  # type: ignore[assignment]
+    limit: SampledLimitSpec  # type: ignore[assignment]
 
 
 #: a nonlinear-limit run's typed config, either role
@@ -328,7 +328,7 @@ class NonlinearLimit(LinearLimit):
         return spec.triangle.repetitions or spec.repetitions
 
     def gap_cost(self, config: GapConfig) -> float:
-        lim, K, N = config.limit, config.train.steps, config.data.N
+        lim, K, N = cast(SampledLimitSpec, config.limit), config.train.steps, config.data.N
         p = config.data.d_in + config.data.d_out
         return (30.0 * (K + 1) * lim.S * lim.samples * p * N
                 + 4.0 * (K + 1) * (lim.S + 1) * N * config.D * p)
