@@ -47,6 +47,7 @@ KIND_MODULES = {
     "nfd": "reslim._src.experiments.nfd",
     "transformer-convergence": "reslim._src.experiments.transformer_convergence",
     "nfd-scaling": "reslim._src.experiments.nfd_scaling",
+    "mean-field": "reslim._src.experiments.mean_field",
 }
 
 
