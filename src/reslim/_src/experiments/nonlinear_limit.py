@@ -292,23 +292,24 @@ def output_errors(y_lim: np.ndarray, y: np.ndarray | None = None) -> dict[str, n
 
 
 @dataclass(frozen=True)
-class NonlinearFiniteConfig(FiniteConfig):
-    """A ``nonlinear-limit`` finite run (the nonlinear kind's spec sections)."""
+class NonlinearSections:
+    """The nonlinear kind's spec sections in its run configs (in place of the linear kind's; the
+    typed configs read them back with these models)."""
 
-    model: NonlinearModelSpec  # type: ignore[assignment]  # the nonlinear kind's sections, read by from_dict
-    data: GaussianDataSpec  # type: ignore[assignment]
-    train: GDTrainSpec  # type: ignore[assignment]
-    limit: SampledLimitSpec  # type: ignore[assignment]
+    model: NonlinearModelSpec
+    data: GaussianDataSpec
+    train: GDTrainSpec
+    limit: SampledLimitSpec
 
 
 @dataclass(frozen=True)
-class NonlinearGapConfig(GapConfig):
-    """A ``nonlinear-limit`` limit-gap run: the sampled MeanODE at ``D`` against the sampled large-D limit."""
+class NonlinearFiniteConfig(NonlinearSections, FiniteConfig):
+    """A ``nonlinear-limit`` finite run."""
 
-    model: NonlinearModelSpec  # type: ignore[assignment]  # the nonlinear kind's sections, read by from_dict
-    data: GaussianDataSpec  # type: ignore[assignment]
-    train: GDTrainSpec  # type: ignore[assignment]
-    limit: SampledLimitSpec  # type: ignore[assignment]
+
+@dataclass(frozen=True)
+class NonlinearGapConfig(NonlinearSections, GapConfig):
+    """A ``nonlinear-limit`` limit-gap run: the sampled MeanODE at ``D`` against the sampled large-D limit."""
 
 
 #: a nonlinear-limit run's typed config, either role
