@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..scaling.architecture import RESNET
 from ..scaling.parameterization import Parameterization, get_parameterization
 from ..scaling.shapes import Shape
 from . import kernels
@@ -354,7 +355,8 @@ class ResNet(nn.Module):
     # ---------------------------------------------------------------------------------
     @property
     def block_roles(self) -> tuple[str, ...]:
-        return ("U", "V") if self.block == "two-layer" else ("W",)
+        """The roles of one block, as the ResNet's architecture declares them (``RESNET.blocks``)."""
+        return RESNET.blocks[self.block]
 
     @property
     def batch_size(self) -> int:
