@@ -34,7 +34,7 @@ class CollapseSpec(SpecBase):
     width: PositiveInt = 32
     seeds: PositiveInt = 2
     seed: int = 0
-    optimizers: list[Literal["sgd", "gd", "adam"]] = Field(default_factory=lambda: ["sgd", "adam"],
+    optimizers: list[Literal["sgd", "gd", "adam"]] = Field(["sgd", "adam"],
                                                           min_length=1)
     corrections: list[float] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)
     lr: dict[str, float] = Field(default_factory=lambda: {"sgd": 0.1, "gd": 0.1, "adam": 0.02})
@@ -63,7 +63,7 @@ class CollapseConfig(DepthConfig):
     lr: float
 
 
-class Collapse(DepthKind):
+class Collapse(DepthKind[CollapseSpec]):
     spec_model = CollapseSpec
     config_type = CollapseConfig
 

@@ -29,7 +29,7 @@ from .registry import ExperimentKind, Run, RunResult, register_experiment, run_k
 from .runs import RunConfig
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
-ROLES = ("embedding", "output")
+ROLES: tuple[Literal["embedding", "output"], ...] = ("embedding", "output")
 TWINS = {"embedding": "embedding-twin", "output": "output-twin"}  # the reference's twins (floor)
 PUBLISHED = {  # docs/theory.md §3.1, curves at k = 15 (P-curve of the embedding error at k = 10)
     "embedding": {"b": 0.8, "c": 2.5, "P": 2.0, "P_exponent": -1 / 6},
@@ -247,7 +247,7 @@ def run_config(config: dict[str, Any]) -> ConvergenceConfig:
     return (NetworkReferenceConfig if "shape" in config else ReferenceConfig).from_dict(config)
 
 
-class Convergence(ExperimentKind):
+class Convergence(ExperimentKind[ConvergenceSpec]):
     spec_model = ConvergenceSpec
     report_module = "reslim._src.report.convergence"
     #: what the report module compares the fits with (it reads them off the kind)
@@ -281,12 +281,14 @@ class Convergence(ExperimentKind):
         refs = self.reference_runs(spec)
         ref_keys = [r.key for r in refs]
         runs = list(refs)
-        floor = isinstance(spec.reference, NetworkReference) and spec.reference.floor
+        ref = spec.reference
+        floor_shape = Shape.parse(ref.shape).as_tuple() if isinstance(ref, NetworkReference) and ref.floor \
+            else None
         shapes = [s.as_tuple() for s in spec.grid.shapes()]
         for role in spec.runs:
-            todo = [(role, shape) for shape in shapes]
-            if floor:
-                todo.append((TWINS[role], tuple(spec.reference.shape)))
+            todo: list[tuple[str, tuple[int, int, int]]] = [(role, shape) for shape in shapes]
+            if floor_shape is not None:
+                todo.append((TWINS[role], floor_shape))
             for r, (L, M, D) in todo:
                 for rep in range(spec.repetitions):
                     coupled = role == "embedding"
@@ -339,7 +341,8 @@ class Convergence(ExperimentKind):
     def _result(self, run: Run, traj: Trajectory, seconds: float, limit_train: TrainSpec | None = None
                 ) -> RunResult:
         div = int(traj.diverged_at[0])
-        arrays = {"loss": traj.loss[:, 0], "outputs": traj.outputs[:, 0], "h_last": traj.h_last[:, 0]}
+        arrays = {"loss": traj.loss[:, 0], "outputs": traj.require("outputs")[:, 0],
+                  "h_last": traj.require("h_last")[:, 0]}
         if limit_train is not None:  # a limit's record: the trainer's blow-up criterion applied here
             div = _blowup(div, arrays, limit_train)
         metrics = {"diverged_at": div, "final_loss": float(arrays["loss"][-1])}

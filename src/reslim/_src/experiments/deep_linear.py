@@ -83,7 +83,7 @@ class DeepLinearSpec(SpecBase):
     N: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048], min_length=1)
     repetitions: PositiveInt = 4
     seed: int = 0
-    roles: list[Literal["finite", "law", "flow"]] = Field(default_factory=lambda: ["finite", "law", "flow"],
+    roles: list[Literal["finite", "law", "flow"]] = Field(["finite", "law", "flow"],
                                                           min_length=1)
     data: DeepLinearDataSpec = Field(default_factory=DeepLinearDataSpec)
     train: DeepLinearTrainSpec = Field(default_factory=DeepLinearTrainSpec)
@@ -209,7 +209,7 @@ def _std(v: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(v, 1e-300))
 
 
-class DeepLinear(ExperimentKind):
+class DeepLinear(ExperimentKind[DeepLinearSpec]):
     spec_model = DeepLinearSpec
     report_module = "reslim._src.report.deep_linear"
     #: probabilities of the stored quantiles (the report module reads them off the kind)

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, Field, PositiveInt
 
 from ..training.data import Dataset, digits, gaussian_data
 from ..training.trainer import threads
-from .registry import ExperimentKind, Run, RunResult
+from .registry import ExperimentKind, Run, RunResult, SpecT
 from .runs import RunConfig
 from .spec import StrictModel
 
@@ -124,13 +124,13 @@ class DepthConfig(RunConfig):
     seed: int
 
 
-class DepthKind(ExperimentKind):
+class DepthKind(ExperimentKind[SpecT]):
     """The depth kinds: runs carry a typed config (:attr:`config_type`, read back from the stored
     dict before a task executes); a task (runs of one width) executes on one torch thread up to
     :data:`ONE_THREAD_WIDTH` (the project's thread budget, :func:`reslim.threads`), on the current
     count above."""
 
-    config_type: ClassVar[type[DepthConfig]]
+    config_type: ClassVar[type[DepthConfig] | type[RunConfig]]
 
     def execute(self, runs: list[Run]) -> list[RunResult]:
         configs = [self.config_type.from_dict(r.config) for r in runs]

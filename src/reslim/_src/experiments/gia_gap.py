@@ -67,7 +67,7 @@ class GiaGapConfig(DepthConfig):
     block: str
 
 
-class GiaGap(DepthKind):
+class GiaGap(DepthKind[GiaGapSpec]):
     spec_model = GiaGapSpec
     config_type = GiaGapConfig
 

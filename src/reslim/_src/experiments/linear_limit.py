@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -108,9 +108,11 @@ class TriangleSpecBase(SpecBase):
     """What the triangle kinds share: the grid of finite shapes, repetitions, roles, and leg 2's D."""
 
     grid: GridSpec
+    if TYPE_CHECKING:  # each kind declares its own triangle section
+        triangle: TriangleSpec
     repetitions: Size = 4
     seed: int = 0
-    roles: list[Literal["finite", "limit-gap"]] = Field(default_factory=lambda: ["finite", "limit-gap"],
+    roles: list[Literal["finite", "limit-gap"]] = Field(["finite", "limit-gap"],
                                                         min_length=1)
 
     @property
@@ -148,8 +150,10 @@ class LinearLimitSpec(TriangleSpecBase):
 
     @property
     def figure_shape(self) -> tuple[int, int, int]:
-        return tuple(self.figures.shape) if self.figures.shape else (max(self.grid.L), max(self.grid.M),
-                                                                     max(self.grid.D))
+        if self.figures.shape:
+            L, M, D = self.figures.shape
+            return int(L), int(M), int(D)
+        return max(self.grid.L), max(self.grid.M), max(self.grid.D)
 
 
 def _seed(*parts: int) -> int:
@@ -253,8 +257,8 @@ class GapConfig(LimitConfig):
     D: int
 
 
-class LinearLimit(ExperimentKind):
-    spec_model = LinearLimitSpec
+class LinearLimit(ExperimentKind[Any]):  # Any: NonlinearLimit reuses it with its own spec
+    spec_model: ClassVar[type[Any]] = LinearLimitSpec
     report_module = "reslim._src.report.linear_limit"
     #: the typed configs of the two roles (the nonlinear kind has its own)
     finite_config: ClassVar[type[FiniteConfig]] = LinearFiniteConfig
@@ -286,7 +290,7 @@ class LinearLimit(ExperimentKind):
         fig = shape == spec.figure_shape
         return {"detail": fig, "coordinates": spec.figures.coordinates if fig else 0}
 
-    def gap_repetitions(self, spec: LinearLimitSpec) -> int:
+    def gap_repetitions(self, spec: Any) -> int:
         return spec.repetitions
 
     def expand(self, spec: LinearLimitSpec) -> list[Run]:
@@ -397,7 +401,7 @@ class LinearLimit(ExperimentKind):
                        "final_loss": _jsonable(traj.loss[-1, b]),
                        "embedding_error": _jsonable(e), "output_error": _jsonable(o),
                        "ode_embedding_error": _jsonable(oe), "ode_output_error": _jsonable(oo)}
-            arrays = {"loss": traj.loss[:, b], "outputs": traj.outputs[:, b]}
+            arrays = {"loss": traj.loss[:, b], "outputs": traj.require("outputs")[:, b]}
             if getattr(c, "detail", False):
                 arrays["h_last"] = h[:, b, -1]  # (K+1, N, D)
                 arrays["h_coords"] = h[:, b, :, :, :n_coord]  # (K+1, L+1, N, n)

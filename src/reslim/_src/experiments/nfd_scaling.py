@@ -40,7 +40,7 @@ class NFDScalingSpec(SpecBase):
     depths: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=4)
     widths: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=2)
     repetitions: int = Field(6, ge=2)
-    modes: list[Literal["ordinary", "gia"]] = Field(default_factory=lambda: ["ordinary", "gia"], min_length=1)
+    modes: list[Literal["ordinary", "gia"]] = Field(["ordinary", "gia"], min_length=1)
     seed: int = 0
     train: NFDTrainSpec = Field(default_factory=NFDTrainSpec)
     nfd: NFDSolverSpec = Field(default_factory=NFDSolverSpec)
@@ -66,7 +66,7 @@ class NFDScalingSpec(SpecBase):
         return self
 
 
-class NFDScaling(ExperimentKind):
+class NFDScaling(ExperimentKind[NFDScalingSpec]):
     spec_model = NFDScalingSpec
     report_module = "reslim._src.report.nfd_scaling"
 

@@ -53,7 +53,7 @@ class ProbeConfig(RunConfig):
     dtype: str
 
 
-class Probe(ExperimentKind):
+class Probe(ExperimentKind[ProbeSpec]):
     spec_model = ProbeSpec
 
     def expand(self, spec: ProbeSpec) -> list[Run]:

@@ -10,7 +10,7 @@ reference already in the store), analyses the store (fits) and contributes repor
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from .runs import FINISHED as FINISHED
 from .runs import KEY_VERSION as KEY_VERSION
@@ -30,8 +30,14 @@ class SpecLike(Protocol):
     :class:`reslim._src.experiments.spec.SpecBase`) has it; a protocol, so that the registry does
     not import the spec module (whose ``validate_spec`` looks kinds up here)."""
 
-    kind: str
-    name: str
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+SpecT = TypeVar("SpecT", bound=SpecLike)
 
 
 # Modules that register kinds, imported on a registry miss (add a line for a new kind).
@@ -51,14 +57,15 @@ KIND_MODULES = {
 }
 
 
-class ExperimentKind:
-    """Base class of experiment kinds; override what the kind needs.
+class ExperimentKind(Generic[SpecT]):
+    """Base class of experiment kinds; override what the kind needs. Generic in the kind's spec
+    model (``class Collapse(ExperimentKind[CollapseSpec])``).
 
     Only :meth:`execute` runs in workers (it must be a pure function of the runs' configs);
     every other hook runs in the driver, which alone writes the store.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""  # set by register_experiment
     spec_model: ClassVar[type[Any]]  #: a subclass of spec.SpecBase (a pydantic model)
     #: optional module (imported on first use, in the driver only) providing
     #: ``analyse(kind, spec, store)``, ``sections(kind, spec, store, analysis, figure_dir)`` and
@@ -75,33 +82,33 @@ class ExperimentKind:
         """Module a worker imports to find this kind (registration happens at import)."""
         return type(self).__module__
 
-    def expand(self, spec: SpecLike) -> list[Run]:
+    def expand(self, spec: SpecT) -> list[Run]:
         raise NotImplementedError
 
     def execute(self, runs: list[Run]) -> list[RunResult]:
         """Execute runs of one group (equal shapes) together; one result per run, in order."""
         raise NotImplementedError
 
-    def finish(self, spec: SpecLike, run: Run, result: RunResult, store: Store) -> RunResult:
+    def finish(self, spec: SpecT, run: Run, result: RunResult, store: Store) -> RunResult:
         """Driver-side post-processing of a result before it is stored (default: none)."""
         return result
 
-    def records(self, spec: SpecLike, store: Store) -> list:
+    def records(self, spec: SpecT, store: Store) -> list:
         """The stored records of ``spec``'s runs (a store may hold other specs' runs too)."""
         keys = {r.key for r in self.expand(spec)}
         return [rec for rec in store.records(kind=spec.kind) if rec.key in keys]
 
-    def analyse(self, spec: SpecLike, store: Store) -> Any:
+    def analyse(self, spec: SpecT, store: Store) -> Any:
         """Fits and tables from the store (default: the report module's, else nothing)."""
         mod = self._report_module()
         return None if mod is None else mod.analyse(self, spec, store)
 
-    def report(self, spec: SpecLike, store: Store, analysis: Any, figure_dir) -> list[Section]:
+    def report(self, spec: SpecT, store: Store, analysis: Any, figure_dir) -> list[Section]:
         """Report sections (with figures written under ``figure_dir``)."""
         mod = self._report_module()
         return [] if mod is None else mod.sections(self, spec, store, analysis, figure_dir)
 
-    def summary(self, spec: SpecLike, analysis: Any) -> list[str]:
+    def summary(self, spec: SpecT, analysis: Any) -> list[str]:
         """Lines printed at the end of ``reslim run``."""
         mod = self._report_module()
         return [] if mod is None else mod.summary_lines(analysis)

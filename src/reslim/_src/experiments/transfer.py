@@ -118,7 +118,7 @@ class TransferConfig(RunConfig):
         return super().from_dict({"hidden": None, **config})
 
 
-class Transfer(DepthKind):
+class Transfer(DepthKind[TransferSpec]):
     spec_model = TransferSpec
     config_type = TransferConfig
 

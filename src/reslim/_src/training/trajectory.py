@@ -72,6 +72,13 @@ class Trajectory:
                 f"diverged={int(self.diverged.sum())}/{self.batch_size}"
                 + "".join(", " + m for m in meta) + f", recorded=[{recorded}])")
 
+    def require(self, name: str) -> np.ndarray:
+        """The array field ``name``; a ValueError naming it when it was not recorded."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{name} was not recorded (pass record=(..., {name!r}) to train)")
+        return value
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every non-empty array field by name (for storage)."""
         names = ("loss", "outputs", "h_last", "depth", "diverged_at", "hidden", "pre",
