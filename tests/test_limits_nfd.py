@@ -1,7 +1,8 @@
 """The Neural Feature Dynamics solver (reslim.limits.NFDLimit): its kernels at initialisation
 against the deterministic depth recursion (Gauss-Hermite, computed here independently), its
 Monte Carlo error at rate S^-1/2 with an honest replica error estimate, its depth grid at order
-1, and finite one-layer depth-muP networks approaching it as they grow."""
+1, and finite one-layer depth-muP networks approaching it as they grow: ordinary networks the
+reused-weight (coupled) system, GIA networks the decoupled one."""
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_finite_gia_networks_approach_the_solver_with_width():
     X, Y = _data(P=3, d_out=1)
     pb = NFDProblem(X, Y, steps=4, lr=1.0)
     L = 4
-    lim = NFDLimit(L=L, particles=16384, replicas=4, seed=0).solve(pb)
+    lim = NFDLimit(L=L, particles=16384, replicas=4, seed=0, coupling="gia").solve(pb)
     opts = nfd_network_options(pb)
     Ds = [32, 128, 512]
     err = []
@@ -181,3 +182,67 @@ def test_finite_networks_approach_the_solver_as_width_and_depth_grow():
     fit = fit_power_law(np.array(Ls, float), np.array(err), n_boot=200)
     assert -1.5 < fit.exponent < -0.6, fit
     assert fit.exponent_ci[1] < -0.3
+
+
+def _mean_z2(outs, lim):
+    """Mean squared z-score of the seed-mean outputs (K, seeds, P, d) of finite networks against a
+    solve, with the standard errors of both."""
+    m, se = outs.mean(axis=1), outs.std(axis=1, ddof=1) / np.sqrt(outs.shape[1])
+    return float(((m - lim.outputs[1:, 0]) ** 2 / (se**2 + lim.meta["output_stderr"][1:, 0] ** 2)).mean())
+
+
+def test_ordinary_networks_approach_the_coupled_solver_and_not_the_gia_one():
+    """Ordinary (reused-weight) networks at L = 4, D = 32, 128, 512 against the coupled solver
+    (``coupling="reused"``): RMS output error ~ D^-1/2; against the decoupled (GIA) solver they keep
+    a floor: at D = 512 the seed mean of 64 networks is many standard errors from the GIA solve and
+    within a few of the coupled one (measured: docs/limits.md)."""
+    X, Y = _data(P=3, d_out=1)
+    pb = NFDProblem(X, Y, steps=4, lr=1.0)
+    L = 4
+    lims = {c: NFDLimit(L=L, particles=16384, replicas=4, seed=0, coupling=c).solve(pb)
+            for c in ("reused", "gia")}
+    # the two limits differ by far more than their Monte Carlo error
+    gap = np.sqrt(((lims["reused"].outputs - lims["gia"].outputs)[1:] ** 2).mean())
+    assert gap > 4 * np.sqrt((lims["reused"].meta["output_stderr"][1:] ** 2).mean()), gap
+    opts = nfd_network_options(pb)
+    Ds = [32, 128, 512]
+    outs = {D: train(ResNet((L, D, D), seeds=range(64 if D == 512 else 8), **opts["model"]), Dataset(X, Y),
+                     record=("loss", "outputs"), **opts["train"]).outputs[1:] for D in Ds}
+    err = [np.sqrt(((outs[D][:, :8] - lims["reused"].outputs[1:]) ** 2).mean(axis=(0, 2, 3))) for D in Ds]
+    fit = fit_power_law(np.array(Ds, float), np.array(err), n_boot=200)
+    assert -0.8 < fit.exponent < -0.3, fit
+    assert fit.exponent_ci[1] < -0.1
+    z2 = {c: _mean_z2(outs[512], lim) for c, lim in lims.items()}
+    assert z2["reused"] < 4 and z2["gia"] > 8 and z2["gia"] > 4 * z2["reused"], z2
+
+
+def test_coupling_vanishes_at_initialisation():
+    """The reused-weight responses vanish at step 0: both couplings draw the same fields and give the
+    same step-0 kernels and outputs exactly; they differ from step 1 on."""
+    X, Y = _data(P=3, d_out=1)
+    pb = NFDProblem(X, Y, steps=2, lr=1.0)
+    a, b = (NFDLimit(L=4, particles=512, replicas=2, coupling=c).solve(pb) for c in ("reused", "gia"))
+    for k in ("Phi", "G"):
+        np.testing.assert_array_equal(a.meta[k][0], b.meta[k][0])
+    np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    assert np.abs(a.outputs[1:] - b.outputs[1:]).max() > 1e-3
+    assert a.meta["coupling"] == "reused" and b.meta["coupling"] == "gia"
+    with pytest.raises(ValueError, match="coupling"):
+        NFDLimit(coupling="ordinary")
+
+
+def test_the_coupled_solver_matches_ordinary_networks_at_depth_32():
+    """The earlier gap (tanh, P = 4, eta = 1, 5 GD steps, L = 32): ordinary networks of width 256
+    (16 seeds) end at the coupled solver's loss, several standard errors below the GIA solver's."""
+    X, Y = _data(P=4)
+    pb = NFDProblem(X, Y, steps=5, lr=1.0)
+    L = 32
+    lims = {c: NFDLimit(L=L, particles=16384, replicas=4, seed=0, coupling=c).solve(pb)
+            for c in ("reused", "gia")}
+    opts = nfd_network_options(pb)
+    tr = train(ResNet((L, 256, 256), seeds=range(16), **opts["model"]), Dataset(X, Y), record=("loss",),
+               **opts["train"])
+    net, net_se = tr.loss[-1].mean(), tr.loss[-1].std(ddof=1) / 4
+    z = {c: abs(net - lim.loss[-1, 0]) / np.hypot(net_se, lim.meta["loss_stderr"][-1, 0])
+         for c, lim in lims.items()}
+    assert z["reused"] < 3 and z["gia"] > 4, (net, net_se, {c: lim.loss[-1, 0] for c, lim in lims.items()})

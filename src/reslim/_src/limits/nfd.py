@@ -350,7 +350,7 @@ class NFDLimit(Limit[NFDProblem]):
 
     def __init__(self, L: int = 64, particles: int = 4096, replicas: int = 4, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", kernel_steps=None,
-                 record_particles: int = 0, threads: int | None = None, coupling: str = "gia") -> None:
+                 record_particles: int = 0, threads: int | None = None, coupling: str = "reused") -> None:
         self.L = _int("L", L, 1)
         self.particles = _int("particles", particles, 2)
         self.replicas = _int("replicas", replicas, 1)
