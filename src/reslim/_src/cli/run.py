@@ -101,11 +101,11 @@ def run(
         s = load_spec(spec, overrides)
         if data is not None or data_dir is not None:
             s = load_spec(spec, [*overrides, *data_overrides(s, data, data_dir)])
-        out = check_output_dir(out if out is not None else default_output_dir(spec, s))
+        out_dir = check_output_dir(out if out is not None else default_output_dir(spec, s))
     except SpecError as err:
         fail(str(err))
     if dry_run:
-        _dry_run(s, out)
+        _dry_run(s, out_dir)
         return
     try:
         ex = make_executor(executor, **options)
@@ -116,12 +116,12 @@ def run(
     console = Console(stderr=True)
     try:
         check_spec_memory(s, ex)
-        summary = run_experiment(s, out, executor=ex, progress=progress, console=console)
+        summary = run_experiment(s, out_dir, executor=ex, progress=progress, console=console)
     except (StoreError, SpecError) as err:
         fail(str(err))
     except KeyboardInterrupt:
-        stored, total = _stored_runs(s, out)
-        typer.echo(f"interrupted: {stored} of {total} runs stored in {out}; the same command resumes",
+        stored, total = _stored_runs(s, out_dir)
+        typer.echo(f"interrupted: {stored} of {total} runs stored in {out_dir}; the same command resumes",
                    err=True)
         raise typer.Exit(code=130) from None
     finally:
@@ -129,7 +129,7 @@ def run(
     c = summary.counts
     n_skip = len(summary.skipped_runs)
     if summary.skipped == summary.total and not n_skip:
-        typer.echo(f"{s.name}: nothing to do: all {summary.total} runs are already stored in {out}")
+        typer.echo(f"{s.name}: nothing to do: all {summary.total} runs are already stored in {out_dir}")
     typer.echo(f"{s.name}: {summary.total} runs, {summary.skipped} already stored, {c['done']} done, "
                f"{c['diverged']} diverged, {c['failed']} failed" + (f", {n_skip} skipped" if n_skip else "")
                + f" in {summary.seconds:.1f} s")
@@ -142,7 +142,7 @@ def run(
     for path in summary.report.values():
         typer.echo(f"wrote {path}")
     if not summary.usable:
-        typer.echo(f"error: no usable result in {out}: no run of {s.name} finished as done "
+        typer.echo(f"error: no usable result in {out_dir}: no run of {s.name} finished as done "
                    "(see reslim runs)", err=True)
         raise typer.Exit(code=1)
 
@@ -185,8 +185,10 @@ def _dry_run(spec, out: Path) -> None:
     typer.echo(f"{spec.name} ({spec.kind}): {total} runs in {len(tasks)} tasks over {stages} stage(s); "
                f"{stored} already stored in {out}, {total - stored} to run")
     typer.echo(f"estimated cost: {cost:.3g} floating-point operations in all (the runs' cost estimates)")
+    free = available_memory()
     typer.echo(f"estimated memory: {_bytes(mem)} for the largest task (tasks capped at "
-               f"max_task_mb = {spec.max_task_mb:g} MiB; available {_bytes(available_memory())})")
+               f"max_task_mb = {spec.max_task_mb:g} MiB; available "
+               f"{'unknown' if free is None else _bytes(free)})")
     typer.echo("dry run: nothing computed or written")
 
 

@@ -198,7 +198,7 @@ def feature_updates(model: ResNet, U0: torch.Tensor, cache0, X: torch.Tensor) ->
     with torch.no_grad():
         c = model.forward_cached(X)
         dU = model.U - U0
-        out = {k: [] for k in ("dp_own", "dp", "dh", "dbranch")}
+        out: dict[str, list] = {k: [] for k in ("dp_own", "dp", "dh", "dbranch")}
         for l in range(model.shape.L):
             own = model.mult("U") * torch.bmm(c.hidden[l], dU[l])  # (B, N, M)
             out["dp_own"].append(_rms(own))

@@ -168,7 +168,7 @@ class Store:
         self._view = False
         self._legacy = False
         self._migrate_on_open = create
-        self.conn = None
+        self._conn: sqlite3.Connection | None = None
         exists = os.path.lexists(self.path)
         if not exists and not create:
             raise StoreError(f"no results store at {self.path}")
@@ -226,7 +226,7 @@ class Store:
             raise StoreError(f"results store {p} is empty (0 bytes): not a reslim store; remove it to "
                              "start afresh")
         try:
-            self.conn = self._connect(p)
+            self._conn = self._connect(p)
             rows = self.conn.execute("PRAGMA quick_check").fetchall()
         except sqlite3.DatabaseError as err:
             raise self._corrupt(err) from None
@@ -289,9 +289,16 @@ class Store:
         if self._view:
             return
         self.unlock()
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open SQLite connection (a StoreError once the store is closed)."""
+        if self._conn is None:
+            raise StoreError(f"results store {self.path} is closed")
+        return self._conn
 
     def __enter__(self) -> Store:
         return self
@@ -567,9 +574,9 @@ class Store:
     def array_index(self) -> pd.DataFrame:
         """One row per stored array: run key, name, dtype, shape, bytes."""
         with self._reading():
-            rows = self.conn.execute("SELECT run_key, name, dtype, shape, LENGTH(data) FROM arrays")
-            rows = rows.fetchall()
-        rows = [r for r in rows if self._mine(r[0])]
+            found = self.conn.execute(
+                "SELECT run_key, name, dtype, shape, LENGTH(data) FROM arrays").fetchall()
+        rows = [r for r in found if self._mine(r[0])]
         return pd.DataFrame(rows, columns=["key", "name", "dtype", "shape", "bytes"])
 
     def dataframe(self, *, status: str | Iterable[str] | None = None) -> pd.DataFrame:

@@ -63,7 +63,7 @@ class _Progress:
     def __init__(self, enabled: bool, console=None) -> None:
         self.enabled = enabled
         self.console = console
-        self.bar = None
+        self.bar: Any = None  # a rich Progress while a sweep runs
 
     def start(self, total_cost: float, total_runs: int) -> None:
         if not self.enabled or total_runs == 0:

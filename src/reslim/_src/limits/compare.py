@@ -37,7 +37,7 @@ def _at(x: np.ndarray, step: int | None) -> np.ndarray:
 
 def output_rms(a: Trajectory, b: Trajectory, step: int | None = None) -> np.ndarray:
     """RMS over samples and outputs of ``a.outputs - b.outputs``: (K+1, B), or (B,) at ``step``."""
-    x, y = _pair(a.outputs, b.outputs)
+    x, y = _pair(a.require("outputs"), b.require("outputs"))
     return _at(np.sqrt(((x - y) ** 2).mean(axis=(2, 3))), step)
 
 

@@ -29,10 +29,10 @@ def _field(obj: Any, name: str, role: str) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         arr = obj
     else:
-        arr = getattr(obj, name, None)
-        if arr is None:
+        value = getattr(obj, name, None)
+        if value is None:
             raise ValueError(f"{role}: has no {name!r} array (record it when training)")
-        arr = np.asarray(arr)
+        arr = np.asarray(value)
     if arr.ndim != 4:
         raise ValueError(f"{role}.{name}: expected shape (K+1, B, N, C), got {arr.shape}")
     return arr

@@ -89,7 +89,8 @@ class Fits:
     and into ``rows`` (the power-law table); a fit that cannot be made is a note, not an error."""
 
     def __init__(self, res, n_boot: int, seed: int) -> None:
-        self.res, self.n_boot, self.seed, self.rows = res, n_boot, seed, []
+        self.res, self.n_boot, self.seed = res, n_boot, seed
+        self.rows: list[dict] = []
 
     def power(self, name, quantity, against, held, x, m, theory, **extra):
         from ... import measure
