@@ -1,12 +1,51 @@
-"""Per-head movement (theory.md §5 (c)): Θ(1) along M under MLU, M^-1/2 under a 1/sqrt(M) head
-aggregation."""
+"""Per-head movement (theory.md §5 (c)): Θ(1) along L, M and D under MLU (in the regime
+L M >> D r_v, D >= 8 of the default sweeps), M^-1/2 under a 1/sqrt(M) head aggregation; controls
+with a head learning rate missing its L or D factor show the check fails when the rule is wrong."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from reslim._src.diagnostics.heads import HEAD_QUANTITIES, head_exponents, head_movement
-from reslim._src.models.transformer import get_transformer_parameterization
+from reslim._src.diagnostics.heads import HEAD_QUANTITIES, SWEEPS, head_exponents, head_movement
+from reslim._src.models.transformer import TRANSFORMER, get_transformer_parameterization
+from reslim._src.scaling.monomial import Monomial
+from reslim._src.scaling.role_table import RoleTable
+
+HEADS = ("Q", "K", "V", "O", "mlp_U", "mlp_V")
+
+
+def _mlu_with_head_lr(rule: str) -> RoleTable:
+    """MLU with the heads' SGD rate ``rule`` instead of ``L M D / alpha^2`` (a wrong rule)."""
+    base = get_transformer_parameterization("mlu")
+    rules = {r: (replace(s, lr_sgd=Monomial.parse(rule)) if r in HEADS else s) for r, s in base.rules.items()}
+    return RoleTable(f"mlu-lr-{rule}", TRANSFORMER, rules, dict(base.scalars), alpha=1.0)
+
+
+def _exponents(param, axis, sizes=None, seeds=(0, 1, 2)):
+    default, base = SWEEPS[axis]
+    rec = head_movement(param, axis, sizes or default, base=base, steps=2, lr=0.05, seeds=seeds)
+    ex = head_exponents(rec)
+    return {r.quantity: r.exponent for r in ex[ex.step == 2].itertuples()}
+
+
+@pytest.mark.parametrize("axis", ["L", "M", "D"])
+def test_heads_move_theta_one_along_every_axis_under_mlu(one_thread, axis):
+    """Measured exponents (3 seeds, step 2): L -0.04..-0.01, M -0.02..+0.05, D -0.07..-0.00."""
+    ex = _exponents("mlu", axis)
+    assert set(ex) == set(HEAD_QUANTITIES)
+    for q, e in ex.items():
+        assert abs(e) <= 0.15, (axis, q, e)
+
+
+@pytest.mark.parametrize(("axis", "rule"), [("L", "M*D/alpha^2"), ("D", "L*M/alpha^2")])
+def test_head_check_fails_for_a_wrong_lr_rule(one_thread, axis, rule):
+    """Without the L (D) factor in the heads' rate every head moves like L^-1 (D^-1)."""
+    sizes = SWEEPS[axis][0]
+    ex = _exponents(_mlu_with_head_lr(rule), axis, sizes=(sizes[0], sizes[-1]), seeds=(0, 1))
+    for q, e in ex.items():
+        assert -1.3 < e < -0.7, (axis, q, e)
 
 
 @pytest.fixture(scope="module")

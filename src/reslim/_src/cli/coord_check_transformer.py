@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..diagnostics.heads import SWEEPS  # default sweeps inside the regime of the MLU limit
 from .app import fail
-
-#: default sweeps: sizes and the (L, M, D) base, chosen with L M >> D (the regime of the MLU limit)
-SWEEPS = {"M": ((8, 16, 32, 64), (16, 16, 4)), "L": ((8, 16, 32, 64), (16, 16, 4)),
-          "D": ((2, 4, 8, 16), (16, 16, 4))}
 
 
 def transformer_check(param: str, axes: list[str], sizes: list[float] | None, base: str | None, lr: float,

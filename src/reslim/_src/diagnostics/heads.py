@@ -12,6 +12,14 @@ pooled (RMS) over layers and heads; the exponent along the swept axis is the lea
 of ``log RMS`` against ``log size``, as in the coordinate check (``Θ(1)`` within ``tol = 1/4``).
 The theory (theory.md §5) predicts ``Θ(1)`` along ``L``, ``M`` and ``D`` under MLU, and
 ``M^-1/2`` along ``M`` under a ``1/sqrt(M)`` head aggregation (preset ``mlu-sqrt-heads``).
+These are entrywise changes of forward quantities (``q, k, v`` in R^r, the head's output
+``phi_j = O_j c_j`` in R^D before the branch), not changes relative to the initial weights.
+
+The prediction is asymptotic: ``L M >> D r_v`` (the value path is linear in the state, which
+grows like ``exp(D r_v / (2 L M))`` at init, and the Monte-Carlo term ``sqrt(D/(L M))``) and
+``D`` large enough for ``|u|^2 / D`` and the head-readout overlaps to concentrate (a ``1/D``
+excess, e.g. 1.5x at ``D = 4``, 3x at ``D = 2``). :data:`SWEEPS` are sweeps inside that regime
+(docs/transformers.md has the measurements outside it).
 """
 
 from __future__ import annotations
@@ -33,6 +41,14 @@ from .coord_check import TOL, _slope, trend
 
 HEAD_QUANTITIES = ("dq", "dk", "dv", "do")
 AXES = ("L", "M", "D")
+
+#: default sweeps per axis, ``(sizes, (L, M, D) base)``, in the regime of the MLU limit:
+#: ``L M / (D r_v) >= 8`` at every point (``r_v = 2``) and ``D >= 8`` (``D >= 16`` along ``D``)
+SWEEPS: dict[str, tuple[tuple[int, ...], tuple[int, int, int]]] = {
+    "M": ((8, 16, 32, 64), (64, 16, 8)),
+    "L": ((4, 8, 16, 32, 64), (16, 64, 8)),
+    "D": ((16, 32, 64, 128), (32, 64, 8)),
+}
 
 
 def sequence_data(N: int = 10, T: int = 4, d_in: int = 5, d_out: int = 5, seed: int = 0) -> Dataset:
