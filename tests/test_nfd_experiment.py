@@ -31,9 +31,10 @@ def test_nfd_experiment_end_to_end_through_the_cli(tmp_path, one_thread):
     for name in ("width-0", "depth-0", "loss-0", "width-1", "depth-1", "loss-1"):
         assert (out / "figures" / f"nfd-{name}.png").exists(), name
     df = load_results(out)
-    # per dataset: 4 limit grids (L = 1, 2, 4, 8) + finite cells x 2 reps: (3 widths + 3 depths + 2 joint
+    # per dataset: 4 limit grids (L = 1, 2, 4, 8) x 2 couplings + finite cells x 2 reps: (3 widths
+    # + 3 depths + 2 joint
     # - 2 shared) x 2 modes + 3 muP depths
-    assert len(df) == 2 * (4 + 6 * 2 * 2 + 3 * 2) and (df["status"] == "done").all()
+    assert len(df) == 2 * (4 * 2 + 6 * 2 * 2 + 3 * 2) and (df["status"] == "done").all()
     fin = df[df["config.role"] == "finite"]
     loss = np.array(fin["metrics.loss"].tolist(), dtype=float)
     assert loss.shape == (len(fin), 4) and np.isfinite(loss).all()

@@ -3,8 +3,11 @@ ResNets against the Neural Feature Dynamics limit (:mod:`reslim._src.limits.nfd`
 
 Runs (all stage 1; the analysis compares the stored outputs, so no run waits for another):
 
-- ``nfd`` (one per dataset and depth grid L): the limit on the L-grid, outputs (K+1, P, d_out),
-  their replica standard errors, the loss.
+- ``nfd`` (one per dataset, coupling and depth grid L): the limit on the L-grid, outputs
+  (K+1, P, d_out), their replica standard errors, the loss. Two couplings: ``reused`` (the limit of
+  ordinary networks, whose backward pass reuses the forward weights) and ``gia`` (the decoupled
+  system, the limit of GIA-trained networks); ordinary networks are compared with the first, GIA
+  networks with the second (:data:`LIMIT_OF`).
 - ``finite`` (one per dataset, parameterization, training mode, depth L, width D and repetition;
   the repetitions of a cell train together as one batch of networks): the outputs of reslim's
   ``ResNet(block="one-layer")`` trained by :func:`reslim.train` (ordinary backprop, or the GIA mode
@@ -33,6 +36,8 @@ Sweep = Literal["width", "depth", "joint", "mup"]
 Mode = Literal["ordinary", "gia"]
 SWEEPS: tuple[Sweep, ...] = ("width", "depth", "joint", "mup")
 MODES: tuple[Mode, ...] = ("ordinary", "gia")
+#: the NFDLimit coupling whose solution is the limit of each training mode
+LIMIT_OF: dict[str, str] = {"ordinary": "reused", "gia": "gia"}
 
 
 class NFDDataSpec(StrictModel):
@@ -167,6 +172,12 @@ def cells(spec: NFDSpec) -> list[tuple[str, str, int, int]]:
     return sorted(set(out), key=lambda c: (c[0], c[1], c[2], c[3]))
 
 
+def couplings(spec: NFDSpec) -> list[str]:
+    """The limit's couplings the spec needs: that of every mode (the muP sweep trains ordinarily)."""
+    modes = set(spec.modes) | ({"ordinary"} if "mup" in spec.sweeps else set())
+    return [LIMIT_OF[m] for m in MODES if m in modes]
+
+
 def grids(spec: NFDSpec) -> list[int]:
     """Depth grids the limit is solved on: the reference, the width sweep's depth, every depth."""
     return sorted({spec.nfd.L, spec.width_depth, *spec.depths, *spec.joint_depths})
@@ -187,13 +198,15 @@ class NFDExperiment(ExperimentKind):
         for i, data in enumerate(spec.datasets):
             base = self.common(spec, data)
             P = data.P + data.P_test
-            for L in grids(spec):
-                cfg = {**base, "role": "nfd", "dataset": i, "L": L,
-                       "solver": spec.nfd.model_dump(mode="json")}
-                cost = 4.0 * spec.nfd.particles * L * K * P * (K * data.P + P)
-                runs.append(Run(self.name, cfg, group=run_key(cfg), stage=1, cost=cost,
-                                mem=8.0 * 4 * spec.nfd.particles / spec.nfd.replicas * L * K * data.P,
-                                label=f"NFD (dataset {i}, L={L})"))
+            for coupling in couplings(spec):
+                for L in grids(spec):
+                    cfg = {**base, "role": "nfd", "dataset": i, "L": L, "coupling": coupling,
+                           "solver": spec.nfd.model_dump(mode="json")}
+                    cost = (4.0 * spec.nfd.particles * L * K * P * (K * data.P + P)
+                            * (2 if coupling == "reused" else 1))
+                    runs.append(Run(self.name, cfg, group=run_key(cfg), stage=1, cost=cost,
+                                    mem=8.0 * 7 * spec.nfd.particles / spec.nfd.replicas * L * K * data.P,
+                                    label=f"NFD {coupling} (dataset {i}, L={L})"))
             for param, mode, L, D in cells(spec):
                 for r in range(spec.repetitions):
                     cfg = {**base, "role": "finite", "dataset": i, "param": param, "gia": mode == "gia",
@@ -217,9 +230,10 @@ class NFDExperiment(ExperimentKind):
         s = c["solver"]
         t0 = time.perf_counter()
         traj = NFDLimit(L=c["L"], particles=s["particles"], replicas=s["replicas"], seed=s["seed"],
-                        dtype=c["dtype"]).solve(problem(c))
+                        dtype=c["dtype"], coupling=c["coupling"]).solve(problem(c))
         m = traj.meta
         div = int(traj.diverged_at[0])
+        assert traj.outputs is not None
         arrays = {"outputs": traj.outputs[:, 0], "output_stderr": m["output_stderr"][:, 0],
                   "replica_outputs": m["replica_outputs"]}
         if "test_outputs" in m:
@@ -251,6 +265,7 @@ class NFDExperiment(ExperimentKind):
                      **model_kw)
         record = ("loss", "outputs") + (("test_loss",) if d["X_test"] is not None else ())
         traj = train(net, data, gia=c["gia"], record=record, **opts["train"])
+        assert traj.outputs is not None
         seconds = (time.perf_counter() - t0) / len(runs)
         out = []
         for b, run in enumerate(runs):

@@ -6,14 +6,16 @@ A leaf renderer: it reads the store through the kind it is handed and imports no
 ``reslim._src.experiments``. Figures use matplotlib's object API (``Figure``), no pyplot state.
 
 Errors (RMS over the steps 1..K, the training points and the outputs): a finite run's outputs
-against the limit's, ``E = RMS(f_net - f_NFD)``; per cell the RMS over repetitions. The width sweep
-is compared with the limit on its own depth grid (the width error alone); the depth sweeps with the
-reference grid ``nfd.L`` (width and depth error together); the limit's own depth error is fitted on
-the grids ``L <= nfd.L / 4`` (where the reference grid's error is small beside it); the solves share
-their seed (common random numbers), so the difference is much less noisy than independent
-solves. ``E_mean``:
-the error of the mean over repetitions (the systematic part); ``cauchy``: RMS between the
-repetition means at consecutive depths.
+against the limit's, ``E = RMS(f_net - f_NFD)``, where the limit is that of the run's training mode
+(:data:`LIMIT_OF`: ordinary networks against the reused-weight NFD, GIA networks against the
+decoupled one; ``E_mean vs other limit``: the repetition mean against the other coupling's); per
+cell the RMS over repetitions. The width sweep is compared with the limit on its own depth grid (the
+width error alone); the depth sweeps with the reference grid ``nfd.L`` (width and depth error
+together); the limit's own depth error is fitted on the grids ``L <= nfd.L / 4`` (where the
+reference grid's error is small beside it); the solves share their seed (common random numbers), so
+the difference is much less noisy than independent solves. ``E_mean``: the error of the mean over
+repetitions (the systematic part); ``cauchy``: RMS between the repetition means at consecutive
+depths.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import numpy as np
 import pandas as pd
 
 from .report import FigureRef, Section, atomic_write, verdict_note
+
+#: the NFDLimit coupling each training mode is compared with (as the nfd kind's LIMIT_OF)
+LIMIT_OF = {"ordinary": "reused", "gia": "gia"}
 
 
 @dataclass
@@ -61,49 +66,61 @@ def analyse(kind, spec, store) -> NFDAnalysis:
     grid_rows: list[dict] = []
     fits: list[dict] = []
     for i, _ in enumerate(spec.datasets):
-        lim = {r.config["L"]: r for r in recs if r.config["role"] == "nfd" and r.config["dataset"] == i
-               and r.status == "done"}
-        if spec.nfd.L not in lim:
+        lims: dict[str, dict] = {}
+        for r in recs:
+            if r.config["role"] == "nfd" and r.config["dataset"] == i and r.status == "done":
+                lims.setdefault(r.config.get("coupling", "gia"), {})[r.config["L"]] = r
+        lims = {c: d for c, d in lims.items() if spec.nfd.L in d}
+        if not lims:
             continue
-        arrays = {L: store.arrays(r.key) for L, r in lim.items()}
-        ref = arrays[spec.nfd.L]["outputs"]
-        best = lim[spec.nfd.L].metrics
-        curves: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
-            f"NFD (L-grid {spec.nfd.L})": (_arr(best["loss"]), _arr(best["loss_stderr"]))}
-        # the limit's own depth error: its output on grid L against the reference grid's. The solves
-        # share the seed (common random numbers), so their difference is far less noisy than the
-        # independent-draw bound sqrt(se_L^2 + se_ref^2) of the replica standard errors
-        Ls = sorted(L for L in lim if L < spec.nfd.L and L in spec.depths)
-        se_ref = arrays[spec.nfd.L]["output_stderr"][1:]
-        xs, ds = [], []
-        for L in Ls:
-            raw = _err(arrays[L]["outputs"], ref)
-            mc = float(np.sqrt(np.mean(arrays[L]["output_stderr"][1:] ** 2 + se_ref**2)))
-            grid_rows.append({"dataset": i, "L": L, "error": raw, "independent-draw bound": mc})
-            if 4 * L <= spec.nfd.L:  # the reference grid's own error small beside it
-                xs.append(L)
-                ds.append(raw)
-        if len(xs) >= 2:
-            _fit(measure, fits, {"dataset": i, "sweep": "depth", "param": "NFD grid", "mode": "N = oo",
-                                 "theory": "-1"}, xs, np.array(ds), spec)
+        arrays = {c: {L: store.arrays(r.key) for L, r in d.items()} for c, d in lims.items()}
+        curves: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        for c, lim in lims.items():
+            best = lim[spec.nfd.L].metrics
+            curves[f"NFD {c} (L-grid {spec.nfd.L})"] = (_arr(best["loss"]), _arr(best["loss_stderr"]))
+            # the limit's own depth error: its output on grid L against the reference grid's. The solves
+            # share the seed (common random numbers), so their difference is far less noisy than the
+            # independent-draw bound sqrt(se_L^2 + se_ref^2) of the replica standard errors
+            ref = arrays[c][spec.nfd.L]["outputs"]
+            Ls = sorted(L for L in lim if L < spec.nfd.L and L in spec.depths)
+            se_ref = arrays[c][spec.nfd.L]["output_stderr"][1:]
+            xs, ds = [], []
+            for L in Ls:
+                raw = _err(arrays[c][L]["outputs"], ref)
+                mc = float(np.sqrt(np.mean(arrays[c][L]["output_stderr"][1:] ** 2 + se_ref**2)))
+                grid_rows.append({"dataset": i, "coupling": c, "L": L, "error": raw,
+                                  "independent-draw bound": mc})
+                if 4 * L <= spec.nfd.L:  # the reference grid's own error small beside it
+                    xs.append(L)
+                    ds.append(raw)
+            if len(xs) >= 2:
+                _fit(measure, fits, {"dataset": i, "sweep": "depth", "param": "NFD grid",
+                                     "mode": f"N = oo ({c})", "theory": "-1"}, xs, np.array(ds), spec)
         fin = [r for r in recs if r.config["role"] == "finite" and r.config["dataset"] == i]
         groups: dict = {}
         for r in fin:
             key = (r.config["param"], "gia" if r.config["gia"] else "ordinary", r.config["L"], r.config["D"])
             groups.setdefault(key, []).append(r)
         for (param, mode, L, D), rs in sorted(groups.items()):
+            c = LIMIT_OF[mode]
+            if c not in arrays:
+                continue
+            other = [arrays[o][spec.nfd.L]["outputs"] for o in arrays if o != c]
+            ref = arrays[c][spec.nfd.L]["outputs"]
             ok = [r for r in rs if r.status == "done"]
             outs = [store.arrays(r.key)["outputs"] for r in ok]
-            target_w = arrays[L]["outputs"] if L in arrays else None
+            target_w = arrays[c][L]["outputs"] if L in arrays[c] else None
             e_ref = [_err(o, ref) for o in outs]
             e_w = [_err(o, target_w) for o in outs] if target_w is not None else []
             mean = np.mean(outs, axis=0) if outs else None
             losses = np.array([_arr(r.metrics["loss"]) for r in ok]) if ok else np.zeros((0, 1))
-            rows.append({"dataset": i, "param": param, "mode": mode, "L": L, "D": D, "n": len(ok),
+            rows.append({"dataset": i, "param": param, "mode": mode, "limit": c, "L": L, "D": D, "n": len(ok),
                          "diverged": len(rs) - len(ok),
                          "E vs ref": float(np.sqrt(np.mean(np.square(e_ref)))) if ok else math.nan,
                          "E vs same-L NFD": float(np.sqrt(np.mean(np.square(e_w)))) if e_w else math.nan,
                          "E_mean vs ref": _err(mean, ref) if mean is not None else math.nan,
+                         "E_mean vs other limit": (_err(mean, other[0]) if mean is not None and other
+                                                   else math.nan),
                          "loss final": float(np.mean(losses[:, -1])) if ok else math.nan,
                          "_e_ref": e_ref, "_e_w": e_w})
         df = pd.DataFrame(rows)
@@ -246,8 +263,11 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
         "theory -1/2). Depth sweep at fixed width against the reference grid (width and depth error "
         "together: the width error is a floor). Joint sweep: width joint_width L^2, so that both errors "
         "shrink like 1/L (theory -1). `NFD grid`: the limit on grid L against the reference grid (the "
-        "depth error of infinite-width GIA networks; theory -1, the paper's O(1/L)). `gia`: the GIA "
-        "training mode (independent backward weights) of reslim.train."])
+        "depth error of infinite-width networks; theory -1, the paper's O(1/L)). `gia`: the GIA "
+        "training mode (independent backward weights) of reslim.train. `limit`: the NFD each mode is "
+        "compared with, `reused` (the coupled system, with the reused-weight responses: the limit of "
+        "ordinary networks) or `gia` (the decoupled system: the limit of GIA networks); `E_mean vs "
+        "other limit`: the repetition mean against the other one (a floor, where the couplings differ)."])
     if len(fits):
         b.tables.append(("Fitted exponents", fits[fits["sweep"] != "mup"]))
     if len(res.grid):
@@ -304,14 +324,16 @@ def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureR
             ax.plot(x, f["constant"] * x ** f["exponent"], "--", color=color, lw=0.9,
                     label=f"fit {f['exponent']:+.2f} [{f['CI low']:+.2f}, {f['CI high']:+.2f}]")
     if axis == "L" and len(res.grid):
-        g = res.grid[res.grid["dataset"] == i]
-        ax.plot(g["L"], g["error"], "k.-", label="NFD on grid L (N = oo)")
-        ax.plot(g["L"], g["independent-draw bound"], color="0.6", lw=0.8,
-                label="replica noise, independent draws")
-        f = _fit_row(res.fits, i, "depth", "NFD grid", "N = oo")
-        if f is not None:
-            x = g["L"].to_numpy(float)
-            ax.plot(x, f["constant"] * x ** f["exponent"], "k--", lw=0.8, label=f"fit {f['exponent']:+.2f}")
+        for c, g in res.grid[res.grid["dataset"] == i].groupby("coupling"):
+            col = "k" if c == "reused" else "0.45"
+            ax.plot(g["L"], g["error"], ".-", color=col, label=f"NFD {c} on grid L (N = oo)")
+            ax.plot(g["L"], g["independent-draw bound"], color=col, lw=0.6, alpha=0.6,
+                    label=f"replica noise, independent draws ({c})")
+            f = _fit_row(res.fits, i, "depth", "NFD grid", f"N = oo ({c})")
+            if f is not None:
+                x = g["L"].to_numpy(float)
+                ax.plot(x, f["constant"] * x ** f["exponent"], "--", color=col, lw=0.8,
+                        label=f"fit {f['exponent']:+.2f}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("width D" if axis == "D" else "depth L")
@@ -337,8 +359,9 @@ def _loss_figure(res: NFDAnalysis, i: int, fig_dir) -> FigureRef:
     fig, ax = _axes()
     for j, (label, (loss, se)) in enumerate(res.curves[i].items()):
         k = np.arange(loss.size)
-        color = "k" if label.startswith("NFD") else f"C{j}"
-        ax.plot(k, loss, "-", color=color, lw=1.6 if color == "k" else 1.1, label=label)
+        nfd = label.startswith("NFD")
+        color = ("k" if "reused" in label else "0.45") if nfd else f"C{j}"
+        ax.plot(k, loss, "-", color=color, lw=1.6 if nfd else 1.1, label=label)
         if se is not None:
             ax.fill_between(k, loss - 2 * se, loss + 2 * se, color=color, alpha=0.2, lw=0)
     ax.set_xlabel("step")
