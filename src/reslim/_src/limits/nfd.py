@@ -14,8 +14,7 @@ on every ``W^l``. With ``g = gamma_0 N df/dh`` and the loss-weighted backward fi
 ``e_mu = sum_o (Y - f)_{mu o} g_{mu o}`` the update is ``dW^l(s) = alpha eta gamma_0 /(b c sqrt(L N))
 sum_{mu in B_s} e^{l+1}_mu(s) phi(h^l_mu(s))^T``.
 
-The limit (N -> oo with the backward weights decoupled from the forward ones, which is the GIA,
-exact as L -> oo per the paper), in depth time ``tau = l / L``, for one coordinate ("particle")::
+The limit N -> oo, in depth time ``tau = l / L``, for one coordinate ("particle")::
 
     dh(x,t) = alpha dchi(x,t) + alpha^2 kappa sum_{s<t} sum_{mu in B_s} e_mu(tau, s) Phi(tau; mu s, x t) dtau
     -de(x,t) = phi'(h(x,t)) [alpha dxi(x,t)
@@ -23,25 +22,50 @@ exact as L -> oo per the paper), in depth time ``tau = l / L``, for one coordina
     e(1,x,t) = psi'(h(1,x,t)) w.(Y - f)(x,t),   f(x,t) = E[w psi(h(1,x,t))] / gamma_0,
     kappa = eta gamma_0 / (b c)
 
-(``de`` is read backward: ``e(tau) = e(tau + dtau) + phi'(h(tau)) [...]``), with ``chi`` and ``xi``
-independent centred Gaussian processes, ``E[dchi(x,t) dchi(x',t')] = Phi(tau; x t, x' t') dtau`` and
-``E[dxi dxi'] = G(tau; ...) dtau``, and the McKean-Vlasov kernels ``Phi(tau; x t, x' t') =
-E[phi(h(tau,x,t)) phi(h(tau,x',t'))]``, ``G(tau; .) = E[e(tau, x, t) e(tau, x', t')]``.
+(``de`` is read backward: ``e(tau) = e(tau + dtau) + phi'(h(tau)) [...]``), with the McKean-Vlasov
+kernels ``Phi(tau; x t, x' t') = E[phi(h(tau,x,t)) phi(h(tau,x',t'))]``, ``G(tau; .) = E[e(tau, x, t)
+e(tau, x', t')]`` and the fields (option ``coupling``)::
+
+    dchi(x,t) = du(x,t) + alpha dtau sum_{s<t} sum_{mu in B_s} Ahat(tau; x t, mu s) e_mu(tau, s)
+    dxi(x,t)  = dv(x,t) + alpha dtau [sum_{s<t} sum_{mu in B_s} Bhat(tau; x t, mu s) phi(h_mu(tau, s))
+                                      + Bhat(tau; x t, x t) phi(h(tau, x, t))]
+
+``u``, ``v`` independent centred Gaussian processes, ``E[du du'] = Phi dtau``, ``E[dv dv'] = G dtau``.
+``coupling="reused"`` (default): the network's backward pass reuses the forward weights ``W^l`` and
+``Ahat``, ``Bhat`` are its response functions (dynamical mean-field theory, Bordelon & Pehlevan,
+arXiv 2205.09653: ``Ahat = E[d phi(h(tau,x,t)) / d(alpha dv(tau; mu s))]``, ``Bhat =
+E[d e(tau,x,t) / d(alpha du(tau; x' s))]``, the responses of a coordinate to a kick of its own
+Gaussian field at the same depth); they vanish at step 0 and only past steps' batch points enter,
+plus, for ``Bhat``, the same point at the same step (the backward at step t follows that step's
+forward). The responses are O(1) in this normalisation, i.e. O(L^{-1/2}) per layer in the network
+(``A^l = alpha L^{-1/2} Ahat``), so their terms are O(1/L) per layer and O(1) over the depth: they do
+not vanish as L -> oo. ``coupling="gia"``: ``Ahat = Bhat = 0``, the decoupled system (the limit of
+networks trained with independent backward weights, ``reslim.train(..., gia=True)``).
+
+Responses by Stein's lemma on the particles: the Gaussian fields of layer ``l`` at the stored points
+are ``z C^T`` (whitened draws ``z``, Cholesky factor ``C`` of the kernel), so ``A^l = E[phi(h^l) z^T]
+C_v^{-1}`` and the term ``A^l e_D = e_D C_v^{-T} E[z phi(h^l)]``: ``e_D C_v^{-T}`` (the stored backward
+values whitened, kept as the factor grows) times an S-sample mean; ``B`` likewise from the forward
+draws, its same-step diagonal from the step's fresh draws and conditional factor. Control variate:
+the same function at step 0 (``phi(h^l(x, 0))``, ``e^{l+1}(x, 0)``), uncorrelated with every draw it
+is paired with. Cost about 1.6-1.9x the decoupled solve.
 
 Discretisation: Euler-Maruyama on the uniform grid ``tau_l = l / L`` (option ``L``). The scheme is the
-infinite-width GIA network of depth ``L`` itself, so its depth error is the finite-depth error of
-such networks (weak order 1, O(1/L); the paper's bound for finite networks is O(1/L)). Causal in the
-step ``t``: at step ``t`` the forward fields ``chi`` of all evaluated points are drawn *conditioned*
-on the fields the particle drew at the batch points of earlier steps (exact Gaussian conditioning on
-the kernel estimated so far, kept as a growing Cholesky factor per layer), then the backward fields
-likewise. Kernels are estimated from the ``S`` particles of a replica; ``replicas`` independent
-particle systems give the error estimate (standard error of the mean over replicas). Outputs use
-the control variate ``f = E[w (psi(h^L(t)) - psi(h^L(0)))] / gamma_0`` (exact: ``E[w psi(h^L(0))] = 0``).
+infinite-width network of depth ``L`` itself (ordinary with ``coupling="reused"``, GIA-trained with
+``"gia"``), so its depth error is the finite-depth error of such networks (weak order 1, O(1/L); the
+paper's bound for finite networks is O(1/L)). Causal in the step ``t``: at step ``t`` the forward fields
+``chi`` of all evaluated points are drawn *conditioned* on the fields the particle drew at the batch
+points of earlier steps (exact Gaussian conditioning on the kernel estimated so far, kept as a growing
+Cholesky factor per layer), then the backward fields likewise. Kernels are estimated from the ``S``
+particles of a replica; ``replicas`` independent particle systems give the error estimate (standard
+error of the mean over replicas). Outputs use the control variate ``f = E[w (psi(h^L(t)) - psi(h^L(0)))]
+/ gamma_0`` (exact: ``E[w psi(h^L(0))] = 0``).
 
 API::
 
     problem = NFDProblem(X, Y, steps=10, lr=0.5, batch_size=8)      # see NFDProblem
-    traj = NFDLimit(L=64, particles=4096, replicas=4).solve(problem)  # reslim.Trajectory
+    traj = NFDLimit(L=64, particles=4096, replicas=4).solve(problem)  # reslim.Trajectory; coupling="gia"
+                                                                       # for GIA-trained networks
     traj.outputs (K+1, 1, P, d_out), traj.loss (K+1, 1), traj.test_loss, traj.depth (L+1,)
     traj.meta: output_stderr, loss_stderr, test_outputs, Phi, G (+ _stderr) at kernel_steps, ...
 """
@@ -335,6 +359,8 @@ class NFDLimit(Limit[NFDProblem]):
     - ``record_particles``: record ``h`` and ``e`` of this many particles of replica 0 (0: none)
     - ``threads``: torch CPU threads for the solve (restored after); None: one thread for small
       problems (``SMALL_WORK``), the current count otherwise
+    - ``coupling``: ``"reused"`` (default: with the reused-weight response terms, the limit of ordinary
+      networks) or ``"gia"`` (the decoupled system, the limit of GIA-trained networks); module docstring
 
     ``traj.meta``: ``output_stderr`` (K+1, 1, P, d_out), ``loss_stderr`` (K+1, 1),
     ``test_outputs``/``test_output_stderr`` (K+1, 1, P_test, d_out), ``Phi``/``G``
