@@ -239,3 +239,10 @@ def test_depth_statistics():
     assert list(dm["stage"]) == [0, 0, 0, 1, 1] and (dm["norm"] > 0).all()
     assert block_statistic(ResNetBlocks(rn), 0).shape == (4,)
     assert block_statistic(ModuleBlocks(Net()), 1).shape == (2,)
+
+
+def test_public_facade():
+    import reslim.mean_field as mf
+
+    assert mf.mean_field_view is mean_field_view and mf.ModuleBlocks is ModuleBlocks
+    assert isinstance(mf.make_scheme("random-reorder"), mf.RandomReorder)
