@@ -8,12 +8,12 @@ A leaf renderer: it reads the store through the kind it is handed and imports no
 Errors (RMS over the steps 1..K, the training points and the outputs): a finite run's outputs
 against the limit's, ``E = RMS(f_net - f_NFD)``, where the limit is that of the run's training mode
 (:data:`LIMIT_OF`: ordinary networks against the reused-weight NFD, GIA networks against the
-decoupled one; ``E_mean vs other limit``: the repetition mean against the other coupling's); per
-cell the RMS over repetitions. The width sweep is compared with the limit on its own depth grid (the
-width error alone); the depth sweeps with the reference grid ``nfd.L`` (width and depth error
-together); the limit's own depth error is fitted on the grids ``L <= nfd.L / 4`` (where the
-reference grid's error is small beside it); the solves share their seed (common random numbers), so
-the difference is much less noisy than independent solves. ``E_mean``: the error of the mean over
+decoupled one; ``E_mean vs other limit``: the repetition mean against the other coupling's on the
+same grid); per cell the RMS over repetitions. The width sweep is compared with the limit on its own
+depth grid (the width error alone); the depth sweeps with the reference grid ``nfd.L`` (width and
+depth error together); the limit's own depth error is fitted on the grids ``L <= nfd.L / 4`` (where
+the reference grid's error is small beside it); the solves share their seed (common random numbers),
+so the difference is much less noisy than independent solves. ``E_mean``: the error of the mean over
 repetitions (the systematic part); ``cauchy``: RMS between the repetition means at consecutive
 depths.
 """
@@ -105,7 +105,7 @@ def analyse(kind, spec, store) -> NFDAnalysis:
             c = LIMIT_OF[mode]
             if c not in arrays:
                 continue
-            other = [arrays[o][spec.nfd.L]["outputs"] for o in arrays if o != c]
+            other = [arrays[o][L]["outputs"] for o in arrays if o != c and L in arrays[o]]
             ref = arrays[c][spec.nfd.L]["outputs"]
             ok = [r for r in rs if r.status == "done"]
             outs = [store.arrays(r.key)["outputs"] for r in ok]
@@ -119,9 +119,15 @@ def analyse(kind, spec, store) -> NFDAnalysis:
                          "E vs ref": float(np.sqrt(np.mean(np.square(e_ref)))) if ok else math.nan,
                          "E vs same-L NFD": float(np.sqrt(np.mean(np.square(e_w)))) if e_w else math.nan,
                          "E_mean vs ref": _err(mean, ref) if mean is not None else math.nan,
+                         "E_mean vs same-L NFD": (_err(mean, target_w) if mean is not None
+                                                  and target_w is not None else math.nan),
                          "E_mean vs other limit": (_err(mean, other[0]) if mean is not None and other
                                                    else math.nan),
                          "loss final": float(np.mean(losses[:, -1])) if ok else math.nan,
+                         "limit loss final": (_arr(lims[c][L].metrics["loss"])[-1] if L in lims[c]
+                                              else math.nan),
+                         "other limit loss final": next((_arr(lims[o][L].metrics["loss"])[-1] for o in lims
+                                                         if o != c and L in lims[o]), math.nan),
                          "_e_ref": e_ref, "_e_w": e_w})
         df = pd.DataFrame(rows)
         cur = df[df["dataset"] == i] if len(df) else df
@@ -267,7 +273,11 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
         "training mode (independent backward weights) of reslim.train. `limit`: the NFD each mode is "
         "compared with, `reused` (the coupled system, with the reused-weight responses: the limit of "
         "ordinary networks) or `gia` (the decoupled system: the limit of GIA networks); `E_mean vs "
-        "other limit`: the repetition mean against the other one (a floor, where the couplings differ)."])
+        "same-L NFD` / `E_mean vs other limit`: the repetition mean against the limit of its own "
+        "coupling / of the other one on the network's depth grid (the other is a floor where the "
+        "couplings differ); `limit loss final`, `other limit loss final`: the final training loss of "
+        "the two limits on the network's depth grid (the networks' own, the mean over repetitions, "
+        "sits above its limit's by their O(1/D) output variance)."])
     if len(fits):
         b.tables.append(("Fitted exponents", fits[fits["sweep"] != "mup"]))
     if len(res.grid):
