@@ -49,7 +49,18 @@ def test_spec_validation_and_cifar_missing(tmp_path):
 
     with pytest.raises(ValueError, match="plain"):
         load_spec("mean-field", ["schemes=['random-reorder']"])
-    spec = load_spec("mean-field-full", [])
+    with pytest.raises(ValueError, match="data.dir"):  # CIFAR not on disk: a spec-time error
+        load_spec("mean-field-full", [])
+    spec = load_spec("mean-field-full", ["roles=['landscape']"])
     assert spec.data.kind == "cifar10" and spec.train.flip
+    for name, root in (("cifar10", tmp_path / "c10" / "cifar-10-batches-bin"),
+                       ("cifar100", tmp_path / "c100" / "cifar-100-binary")):
+        root.mkdir(parents=True)
+        files = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"] \
+            if name == "cifar10" else ["train.bin", "test.bin"]
+        for f in files:
+            (root / f).write_bytes(b"")
+        ok = load_spec("mean-field-full", [f"data.kind='{name}'", f"data.dir='{root.parent}'"])
+        assert ok.data.dir == str(root.parent)
     with pytest.raises(ValueError, match="data.dir"):
         load_data(MFDataSpec(kind="cifar100", dir=str(tmp_path)))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .registry import ExperimentKind, Run, RunResult, SpecLike, register_experiment, run_key
 from .runs import RunConfig
@@ -130,6 +130,15 @@ class MeanFieldSpec(SpecBase):
         if "plain" not in v:
             raise ValueError("must include 'plain' (the baseline every scheme is paired with)")
         return ["plain"] + [s for s in dict.fromkeys(v) if s != "plain"]
+
+    @model_validator(mode="after")
+    def _data_on_disk(self) -> MeanFieldSpec:
+        """Fail at spec time (one line naming data.dir) when CIFAR is requested but not on disk."""
+        if "train" in self.roles and self.data.kind != "digits":
+            from ..training.cifar import _locate, _locate100
+
+            (_locate if self.data.kind == "cifar10" else _locate100)(self.data.dir or None)
+        return self
 
 
 @dataclass(frozen=True)
