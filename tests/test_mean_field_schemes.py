@@ -218,3 +218,21 @@ def test_cifar_missing_and_pickle_errors(tmp_path):
         _write(d / f, r)
     im = image_data("cifar10", str(tmp_path / "c10"))
     assert im.X.shape == (15, 3, 32, 32) and im.X_test.shape == (3, 3, 32, 32) and im.classes == 10
+
+
+@pytest.mark.parametrize("name", ["plain", "random-reorder", "sort-reorder", "surrogate-pretrain"])
+def test_schemes_train_the_builtin_resnet(name):
+    from reslim._src.training.schemes import train_with_scheme
+
+    net = ResNet(Shape(4, 8, 6), d_in=3, d_out=2, seeds=(0, 1), dtype="float64")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    Y = torch.randn(10, 2, generator=g, dtype=torch.float64)
+    U0 = net.U.detach().clone()
+    out = train_with_scheme(net, X, Y, make_scheme(name), epochs=8, steps_per_epoch=5, lr=20.0, momentum=0.5)
+    # (mlu: the SGD rate of U, V is eta L M D, here eta about 0.1)
+    assert len(out["loss"]) == 8 and out["loss"][-1] < out["loss"][0]
+    assert not torch.equal(U0, net.U.detach())
+    kinds = {e["kind"] for e in out["events"]}
+    assert kinds == {"plain": set(), "random-reorder": {"reorder"}, "sort-reorder": {"reorder"},
+                     "surrogate-pretrain": {"switch"}}[name]

@@ -11,6 +11,7 @@ arXiv 2003.05508)::
     view.permute(stage, perm, optimizer)     reorder blocks (optimizer state follows)
 
     make_scheme("random-reorder" | "sort-reorder" | "surrogate-pretrain" | "plain", ...)
+    train_with_scheme(model, X, Y, scheme, epochs=...)   full-batch SGD of any model (reslim ResNet too)
     ConvResNet(block="basic" | "next", ...)  small image ResNet / ResNeXt with listed stages
     image_data("digits" | "cifar10" | "cifar100", data_dir), train_image_classifier(model, data, scheme, cfg)
 """
@@ -32,3 +33,4 @@ from ._src.training.schemes import Scheme as Scheme
 from ._src.training.schemes import SortReorder as SortReorder
 from ._src.training.schemes import SurrogatePretrain as SurrogatePretrain
 from ._src.training.schemes import make_scheme as make_scheme
+from ._src.training.schemes import train_with_scheme as train_with_scheme

@@ -129,3 +129,51 @@ def surrogate_epochs(scheme: Scheme, epochs: int) -> int:
     if isinstance(scheme, SurrogatePretrain):
         return scheme.surrogate_epochs_of(epochs)
     return scheme.surrogate_epochs()
+
+
+def train_with_scheme(model: Any, X: Any, Y: Any, scheme: Scheme, *, epochs: int, steps_per_epoch: int = 1,
+                      lr: float = 0.1, momentum: float = 0.0, loss: Any = None, seed: int = 0,
+                      view: View | None = None) -> dict[str, Any]:
+    """Full-batch training of any model (reslim's ``ResNet`` included) under ``scheme`` with
+    ``torch.optim.SGD`` and autograd: ``epochs`` rounds of ``steps_per_epoch`` steps, the scheme's
+    hooks between rounds. ``loss``: per-sample loss (default: the view's squared loss for the
+    built-in ResNet, cross-entropy otherwise); the risk is its mean over samples (summed over a
+    batch of networks). Returns ``loss`` (risk after each round) and ``events`` (``epoch``,
+    ``kind``, risk ``before`` and ``after``)."""
+    import torch
+
+    from ..diagnostics.mean_field import cross_entropy, mean_field_view, squared_loss
+
+    view = mean_field_view(model) if view is None else view
+    if loss is None:
+        loss = squared_loss if isinstance(view, ResNetBlocks) else cross_entropy
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
+    k_sur = surrogate_epochs(scheme, epochs)
+    surrogate = view.surrogate() if k_sur > 0 else None
+
+    def risk(net) -> torch.Tensor:
+        out = net(X)
+        return loss(out, torch.as_tensor(Y, dtype=out.dtype) if out.dtype.is_floating_point
+                    and torch.as_tensor(Y).dtype.is_floating_point else Y).mean(-1).sum()
+
+    history: list[float] = []
+    events: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        net = surrogate if surrogate is not None and epoch < k_sur else model
+        for _ in range(steps_per_epoch):
+            opt.zero_grad(set_to_none=True)
+            r = risk(net)
+            r.backward()
+            opt.step()
+        with torch.no_grad():
+            now = float(risk(model))
+            if surrogate is not None and epoch == k_sur - 1:
+                before = float(risk(surrogate))
+                events.append({"epoch": epoch, "kind": "switch", "before": before, "after": now})
+            if epoch >= k_sur and scheme.after_epoch(view, epoch, epochs, rng, opt) is not None:
+                after = float(risk(model))
+                events.append({"epoch": epoch, "kind": "reorder", "before": now, "after": after})
+                now = after
+        history.append(now)
+    return {"loss": history, "events": events}
