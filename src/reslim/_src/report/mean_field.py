@@ -100,7 +100,7 @@ def analyse(kind, spec, store) -> MeanFieldAnalysis:
                 d = np.array([a[s] - base[s] for s in common])
                 dm, dlo, dhi = t_interval(d, level)
                 prows.append({"arch": arch, "scheme": name, "pairs": len(common), "diff (points)": dm,
-                              "CI low": dlo, "CI high": dhi, "verdict": verdict3(dlo, dhi),
+                              "CI low": dlo, "CI high": dhi, "at 95%": verdict3(dlo, dhi),
                               "published": f"+{PUBLISHED_GAIN[0]}..+{PUBLISHED_GAIN[1]} (CIFAR)"
                               if name != "surrogate-pretrain" else ""})
         res.accuracy, res.paired = pd.DataFrame(rows), pd.DataFrame(prows)
@@ -138,7 +138,7 @@ def _gain_sentence(res: MeanFieldAnalysis) -> str:
     rr = res.paired[res.paired["scheme"].isin(["random-reorder", "sort-reorder"])]
     if not len(rr):
         return ""
-    better = rr[rr["verdict"] == "better"]
+    better = rr[rr["at 95%"] == "better"]
     parts = [f"{r['arch']} {r['scheme']} {r['diff (points)']:+.2f} [{r['CI low']:+.2f}, {r['CI high']:+.2f}]"
              for r in rr.to_dict("records")]
     if len(better):
@@ -257,7 +257,7 @@ def summary_lines(res: MeanFieldAnalysis) -> list[str]:
                      f"[{r['CI low']:.2f}, {r['CI high']:.2f}] over {r['seeds']} seeds")
     for r in res.paired.to_dict("records"):
         lines.append(f"  {r['arch']} {r['scheme']} - plain: {r['diff (points)']:+.2f} points "
-                     f"[{r['CI low']:+.2f}, {r['CI high']:+.2f}] ({r['verdict']})")
+                     f"[{r['CI low']:+.2f}, {r['CI high']:+.2f}] ({r['at 95%']})")
     for r in res.events.to_dict("records"):
         lines.append(f"  {r['arch']} {r['scheme']} {r['event']}: loss {r['loss before']:.3f} -> "
                      f"{r['loss right after']:.3f} (median ratio {r['median ratio']:.2f}, n={r['count']})")
