@@ -42,3 +42,17 @@ def test_spec_checks():
         load_spec("transformer-convergence", ["param=ntk"])
     with pytest.raises(SpecError, match="reference's D"):
         load_spec("transformer-convergence", ["D_sweep.values=[128]"])
+
+
+def test_transformer_convergence_with_layernorm(tmp_path, one_thread):
+    """norm = "layer" (outside the theory): the same sweeps, every run converges and errors fall in M."""
+    import reslim.cli  # noqa: F401
+    from reslim._src.experiments.sweep import run_experiment
+    from reslim.experiments import load_results, load_spec
+
+    spec = load_spec("transformer-convergence", [*TINY, 'norm="layer"'])
+    run_experiment(spec, tmp_path / "out", progress=False)
+    df = load_results(tmp_path / "out")
+    assert (df["status"] == "done").all() and (df["config.norm"] == "layer").all()
+    m = df[df["config.sweep"] == "M"].groupby("config.M")["metrics.error"].mean()
+    assert m.iloc[-1] < m.iloc[0]

@@ -92,3 +92,29 @@ def test_cli_coord_check_transformer():
     assert bad.exit_code == 2 and "transformer preset" in bad.output
     bad = runner.invoke(app, ["coord-check", "--arch", "cnn"])
     assert bad.exit_code == 2 and "--arch" in bad.output
+
+
+def test_norm_keeps_exponents_and_shrinks_movement(one_thread):
+    """Pre-LayerNorm (outside the theory): still Θ(1) along M, but every head moves about 10x less
+    (u has unit RMS instead of about sqrt(d_in + 1); measured ratios 0.06..0.13)."""
+    from reslim._src.diagnostics.heads import norm_comparison
+
+    out = norm_comparison("mlu", "M", (8, 32), norms=(None, "layer"), seeds=(0, 1))
+    assert set(out["norm"]) == {"none", "layer"} and len(out) == 8
+    layer = out[out["norm"] == "layer"]
+    assert (layer["exponent"].abs() <= 0.15).all(), layer
+    assert ((layer["ratio"] > 0.02) & (layer["ratio"] < 0.3)).all(), layer
+    assert (out[out["norm"] == "none"]["ratio"] == 1.0).all()
+
+
+def test_cli_coord_check_transformer_norm():
+    from typer.testing import CliRunner
+
+    from reslim.cli import app
+
+    res = CliRunner().invoke(app, ["coord-check", "--arch", "transformer", "--axis", "M", "--sizes", "8,16",
+                                   "--steps", "1", "--seeds", "2", "--norm", "rms"])
+    assert res.exit_code == 0, res.output
+    assert "rms norm" in res.output and "dq" in res.output
+    bad = CliRunner().invoke(app, ["coord-check", "--arch", "transformer", "--norm", "batch"])
+    assert bad.exit_code == 2 and "--norm" in bad.output

@@ -100,6 +100,8 @@ def coord_check_cmd(
     arch: str = typer.Option("resnet", "--arch", metavar="resnet|transformer",
                              help="transformer: per-head q/k/v/O movement exponents, eta 0.05 unless "
                              "--lr is given (docs/transformers.md)"),
+    norm: str = typer.Option("none", "--norm", metavar="none|layer|rms",
+                             help="transformer: pre-norm on every branch's input (outside the theory)"),
 ) -> None:
     """Coordinate check: fitted exponents of every layer's activations and updates along L, M, D,
     and the verdict (feature learning / lazy / partial / unstable)."""
@@ -112,7 +114,8 @@ def coord_check_cmd(
 
         axes_t = [a.strip() for a in axis.split(",") if a.strip()]
         transformer_check(param, axes_t, _floats(sizes, "--sizes") if sizes else None,
-                          base if base != "8,256,64" else None, lr if lr != 0.1 else 0.05, steps, seeds, tol)
+                          base if base != "8,256,64" else None, lr if lr != 0.1 else 0.05, steps, seeds, tol,
+                          norm)
         return
 
     from ..diagnostics.coord_check import (

@@ -9,7 +9,7 @@ from .app import fail
 
 
 def transformer_check(param: str, axes: list[str], sizes: list[float] | None, base: str | None, lr: float,
-                      steps: int, seeds: int, tol: float) -> None:
+                      steps: int, seeds: int, tol: float, norm: str = "none") -> None:
     """Print, per axis, the exponents of dq, dk, dv, do (the last step) and their trends."""
     from rich.console import Console
     from rich.table import Table
@@ -21,6 +21,8 @@ def transformer_check(param: str, axes: list[str], sizes: list[float] | None, ba
 
     if param not in TRANSFORMER_PRESETS:
         fail(f"--param must be a transformer preset ({', '.join(TRANSFORMER_PRESETS)}), got {param!r}")
+    if norm not in ("none", "layer", "rms"):
+        fail(f"--norm must be none, layer or rms, got {norm!r}")
     bad = [a for a in axes if a not in SWEEPS]
     if bad:
         fail(f"--axis with --arch transformer must be a comma list of L, M, D, got {bad[0]!r}")
@@ -31,13 +33,15 @@ def transformer_check(param: str, axes: list[str], sizes: list[float] | None, ba
         try:
             shape = Shape.parse(base) if base else Shape(*b)
             with threads(1):
-                rec = head_movement(param, a, s, base=shape, steps=steps, lr=lr, seeds=tuple(range(seeds)))
+                rec = head_movement(param, a, s, base=shape, steps=steps, lr=lr, seeds=tuple(range(seeds)),
+                                    norm=None if norm == "none" else norm)
         except ValueError as err:
             fail(str(err))
         ex = head_exponents(rec, tol)
         k = int(ex["step"].max())
-        table = Table(title=f"{param} (transformer) along {a} = {', '.join(map(str, s))}, base {shape}; "
-                      f"per-head movement at step {k}")
+        normed = "" if norm == "none" else f", {norm} norm"
+        table = Table(title=f"{param} (transformer{normed}) along {a} = {', '.join(map(str, s))}, "
+                      f"base {shape}; per-head movement at step {k}")
         for col in ("quantity", "exponent", "± se", "trend"):
             table.add_column(col)
         for r in ex[ex["step"] == k].itertuples():

@@ -146,3 +146,37 @@ def head_exponents(records: pd.DataFrame, tol: float = TOL) -> pd.DataFrame:
                     "exponent": exponent, "stderr": stderr, "trend": trend(exponent, tol),
                     "sizes": tuple(sizes.tolist()), "values": tuple(pooled.tolist())})
     return pd.DataFrame(out)
+
+
+def norm_comparison(
+    param: Any = "mlu",
+    axis: str = "M",
+    sizes: Sequence[int] | None = None,
+    *,
+    base: Shape | Sequence[int] | str | None = None,
+    norms: Sequence[str | None] = (None, "layer", "rms"),
+    steps: int = 2,
+    lr: float = 0.05,
+    seeds: Sequence[int] = (0, 1, 2),
+    **model_options: Any,
+) -> pd.DataFrame:
+    """What a pre-norm (LayerNorm/RMSNorm, outside the theory) does to the per-head movement:
+    per ``norm``, quantity and the last step, the exponent along ``axis`` (:data:`SWEEPS` unless
+    ``sizes``/``base`` are given), its standard error, the seed-pooled movement at the sweep's
+    sizes and its ratio to the run without a norm (``ratio`` needs ``None`` among ``norms``)."""
+    default, default_base = SWEEPS.get(axis, ((), (16, 16, 8)))
+    sizes = tuple(sizes) if sizes is not None else default
+    base = base if base is not None else default_base
+    rows = []
+    for norm in norms:
+        rec = head_movement(param, axis, sizes, base=base, steps=steps, lr=lr, seeds=seeds, norm=norm,
+                            **model_options)
+        ex = head_exponents(rec)
+        for r in ex[ex["step"] == steps].itertuples():
+            rows.append({"norm": "none" if norm is None else norm, "axis": axis, "quantity": r.quantity,
+                         "exponent": r.exponent, "stderr": r.stderr, "sizes": r.sizes, "values": r.values})
+    out = pd.DataFrame(rows)
+    plain = {r.quantity: np.asarray(r.values) for r in out[out["norm"] == "none"].itertuples()}
+    out["ratio"] = [float(np.exp(np.mean(np.log(np.asarray(r.values) / plain[r.quantity]))))
+                    if r.quantity in plain else math.nan for r in out.itertuples()]
+    return out
