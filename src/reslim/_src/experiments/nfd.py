@@ -205,7 +205,8 @@ class NFDExperiment(ExperimentKind):
                     cost = (4.0 * spec.nfd.particles * L * K * P * (K * data.P + P)
                             * (2 if coupling == "reused" else 1))
                     runs.append(Run(self.name, cfg, group=run_key(cfg), stage=1, cost=cost,
-                                    mem=8.0 * 7 * spec.nfd.particles / spec.nfd.replicas * L * K * data.P,
+                                    mem=8.0 * (6 if coupling == "reused" else 4) * spec.nfd.particles
+                                    / spec.nfd.replicas * L * K * data.P,
                                     label=f"NFD {coupling} (dataset {i}, L={L})"))
             for param, mode, L, D in cells(spec):
                 for r in range(spec.repetitions):
