@@ -200,11 +200,11 @@ def _accuracy_figure(spec, res, fig_dir):
         err = [[r["diff (points)"] - r["CI low"]], [r["CI high"] - r["diff (points)"]]]
         ax.errorbar([i], [r["diff (points)"]], yerr=err if math.isfinite(r["CI low"]) else None, fmt="o",
                     capsize=4)
-        labels.append(f"{r['arch']}\n{r['scheme']}")
+        labels.append(f"{r['arch']} {r['scheme']}")
     ax.axhline(0, color="k", lw=0.8)
     ax.axhspan(*PUBLISHED_GAIN, color="tab:green", alpha=0.2, label="published (CIFAR)")
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test accuracy - plain (points, paired)")
     ax.legend(fontsize=7)
     ax = axes[1]
