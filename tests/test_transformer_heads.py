@@ -118,3 +118,16 @@ def test_cli_coord_check_transformer_norm():
     assert "rms norm" in res.output and "dq" in res.output
     bad = CliRunner().invoke(app, ["coord-check", "--arch", "transformer", "--norm", "batch"])
     assert bad.exit_code == 2 and "--norm" in bad.output
+
+
+def test_median_stat(one_thread):
+    """stat="median": the median over heads of each head's RMS; not larger than the pooled RMS
+    (which a few heads dominate), Θ(1) along M in the regime too."""
+    kw = dict(base=(16, 16, 8), steps=1, lr=0.05, seeds=(0, 1))
+    rms = head_movement("mlu", "M", (16, 64), **kw)
+    med = head_movement("mlu", "M", (16, 64), stat="median", **kw)
+    assert (med["value"].to_numpy() < rms["value"].to_numpy()).all()
+    ex = head_exponents(med)
+    assert (ex["exponent"].abs() <= 0.15).all(), ex
+    with pytest.raises(ValueError, match="stat"):
+        head_movement("mlu", "M", (8, 16), stat="mean")

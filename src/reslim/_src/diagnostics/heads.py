@@ -60,12 +60,20 @@ def sequence_data(N: int = 10, T: int = 4, d_in: int = 5, d_out: int = 5, seed: 
                    info={"T": T})
 
 
+STATS = ("rms", "median")
+
+
 @torch.no_grad()
-def _head_values(net: Transformer, start: dict[str, torch.Tensor], X: torch.Tensor) -> dict[str, float]:
-    """RMS of dq, dk, dv, do over samples, tokens, coordinates, heads and attention layers."""
+def _head_values(net: Transformer, start: dict[str, torch.Tensor], X: torch.Tensor,
+                 stat: str = "rms") -> dict[str, float]:
+    """dq, dk, dv, do: ``stat="rms"``, the RMS over samples, tokens, coordinates, heads and
+    attention layers; ``"median"``, each head's RMS over samples, tokens and coordinates, then
+    the median over heads and layers (robust to the few heads that dominate the RMS outside the
+    regime ``L M >> D r_v``)."""
     st = net(X, states=True)
     sums = {q: 0.0 for q in HEAD_QUANTITIES}
     count = {q: 0 for q in HEAD_QUANTITIES}
+    per_head: dict[str, list[torch.Tensor]] = {q: [] for q in HEAD_QUANTITIES}
     for l, block in enumerate(net.blocks):
         if not isinstance(block, AttentionBlock):
             continue
@@ -90,6 +98,10 @@ def _head_values(net: Transformer, start: dict[str, torch.Tensor], X: torch.Tens
         for name, t in parts.items():
             sums[name] += float(t.square().sum())
             count[name] += t.numel()
+            per_head[name].append(t.square().mean(dim=(0, 2, 3)).sqrt())  # (M,)
+    if stat == "median":
+        return {n: float(torch.cat(per_head[n]).median()) if per_head[n] else math.nan
+                for n in HEAD_QUANTITIES}
     return {n: math.sqrt(sums[n] / count[n]) if count[n] else math.nan for n in HEAD_QUANTITIES}
 
 
@@ -104,12 +116,16 @@ def head_movement(
     seeds: Sequence[int] = (0, 1, 2),
     data: Dataset | None = None,
     seq_len: int = 4,
+    stat: str = "rms",
     **model_options: Any,
 ) -> pd.DataFrame:
     """Records (``param, axis, size, seed, step, quantity, value``) of the per-head movement
-    along ``axis`` (GD, ``steps`` steps, loss ``mean``), the other sizes at ``base``."""
+    along ``axis`` (GD, ``steps`` steps, loss ``mean``), the other sizes at ``base``; ``stat``
+    pools the heads (``"rms"`` or ``"median"`` of the per-head RMS, :func:`_head_values`)."""
     if axis not in AXES:
         raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {', '.join(STATS)}, got {stat!r}")
     if len(set(sizes)) < 2:
         raise ValueError(f"sizes needs at least two distinct values, got {list(sizes)}")
     base = Shape.parse(base)
@@ -125,7 +141,7 @@ def head_movement(
             with np.errstate(all="ignore"):
                 train_modules(nets, data, steps=1, lr=lr, loss="mean", threads=None)
             for seed, net, start in zip(seeds, nets, starts, strict=True):
-                for name, value in _head_values(net, start, X).items():
+                for name, value in _head_values(net, start, X, stat).items():
                     rows.append({"param": nets[0].param.name, "axis": axis, "size": float(size),
                                  "seed": int(seed), "step": k, "quantity": name, "value": value})
     return pd.DataFrame(rows)
