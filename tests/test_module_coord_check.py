@@ -93,9 +93,46 @@ def test_builtin_transformer_along_heads(one_thread):
     ex = coord_check_modules(make, (4, 8, 16), sequence_data(T=4), axis="M", steps=2, lr=0.05,
                              seeds=(0, 1))
     rec = ex.attrs["records"]
-    assert set(rec["quantity"]) == {"h", "y", "dh", "dy"}  # no nn.Linear input roles to probe
+    assert set(rec["quantity"]) == {"h", "p", "y", "dh", "dp", "du", "dy"}  # the blocks' input_maps
     assert set(rec[rec.quantity == "h"]["n_layers"]) == {5}
+    assert set(rec[rec.quantity == "du"]["layer"]) == {0, 1, 2, 3}
     assert ex.attrs["verdicts"]["axis"].iloc[0] == "M"
+
+
+def test_builtin_transformer_du_is_the_heads_movement(one_thread):
+    """du of a one-layer built-in Transformer = the RMS of (dq, dk, dv) of heads.head_movement."""
+    from reslim._src.diagnostics.heads import head_movement, sequence_data
+    from reslim._src.models.transformer import Transformer
+
+    def make(M: float, seed: int):
+        return Transformer((1, int(M), 4), param="mlu", d_in=5, d_out=5, seq_len=4, seed=seed)
+
+    rec = measure_modules(make, (4, 8), sequence_data(T=4), axis="M", steps=2, lr=0.05, seeds=(0, 1))
+    heads = head_movement("mlu", "M", (4, 8), base=(1, 4, 4), steps=2, lr=0.05, seeds=(0, 1))
+    for (size, seed, step), g in heads.groupby(["size", "seed", "step"]):
+        v = dict(zip(g["quantity"], g["value"], strict=True))
+        want = np.sqrt((v["dq"] ** 2 + v["dk"] ** 2 + v["dv"] ** 2) / 3)  # r = r_v: equal counts
+        got = rec[(rec["size"] == size) & (rec["seed"] == seed) & (rec["step"] == step)
+                  & (rec["quantity"] == "du")]["value"]
+        assert len(got) == 1
+        np.testing.assert_allclose(float(got.iloc[0]), want, rtol=1e-9)
+
+
+def test_builtin_transformer_du_exponents(one_thread):
+    """Along M through the module check: du Θ(1) under MLU, about M^-1/2 under mlu-sqrt-heads."""
+    from reslim._src.diagnostics.heads import sequence_data
+    from reslim._src.models.transformer import Transformer
+
+    out = {}
+    for param in ("mlu", "mlu-sqrt-heads"):
+        def make(M: float, seed: int, param=param):
+            return Transformer((32, int(M), 4), param=param, d_in=5, d_out=5, seq_len=4, seed=seed)
+
+        ex = coord_check_modules(make, (8, 32), sequence_data(T=4), axis="M", steps=2, lr=0.05, seeds=(0, 1))
+        du = ex[(ex["quantity"] == "du") & (ex["step"] == 2)]
+        out[param] = du["exponent"].to_numpy()
+    assert (np.abs(out["mlu"]) <= 0.2).all(), out
+    assert ((out["mlu-sqrt-heads"] < -0.3) & (out["mlu-sqrt-heads"] > -0.8)).all(), out
 
 
 def test_public_coord_check_takes_a_factory(one_thread):

@@ -9,7 +9,9 @@ path of the ``nn.ModuleList`` of residual blocks) and on the ``nn.Linear`` layer
 input-role weights, and the records are those of :func:`reslim.diagnostics.coord_check`::
 
     h  = h_l(0) (l = 0..L: the input of block 0, then every block's output)
-    p  = p_l(0) (the outputs of block l's input-role linear maps, multipliers applied)
+    p  = p_l(0) (the outputs of block l's input-role linear maps, multipliers applied; a block
+                 without such nn.Linears that has ``input_maps`` (the built-in Transformer's
+                 attention and MLP sub-blocks, heads stacked) gives them itself)
     y  = y(0);  dh, dp, dy: their changes since init at step k
     du = s (W_l(k) - W_l(0)) x_l(k)   the part of dp made by the block's own input weights
                                       (s: the weight's forward factor)
@@ -118,6 +120,12 @@ def _point(factory: Factory, size: float, seeds: Sequence[int], data: Dataset, b
     if not isinstance(block_lists[0], nn.ModuleList) or len(block_lists[0]) == 0:
         raise ValueError(f"{blocks!r} must name a non-empty nn.ModuleList of residual blocks")
     linears = [_input_linears(m, groups, bl) for m, bl in zip(modules, block_lists, strict=True)]
+    # blocks that expose their input-role maps themselves (the built-in Transformer's stacked heads)
+    native = [{i: blk for i, blk in enumerate(bl)
+               if groups is None and i not in li and hasattr(blk, "input_maps")}
+              for bl, li in zip(block_lists, linears, strict=True)]
+    native0 = [{i: {n: getattr(blk, n).detach().clone() for n in blk.input_weights}
+                for i, blk in nat.items()} for nat in native]
     state0: list[dict[str, Any]] = [{} for _ in modules]
     weights0 = [{n: lin.weight.detach().clone() for pairs in li.values() for n, lin in pairs}
                 for li in linears]
@@ -141,6 +149,11 @@ def _point(factory: Factory, size: float, seeds: Sequence[int], data: Dataset, b
                     delta = torch.nn.functional.linear(probe.x[(i, n)], lin.weight.detach() - weights0[b][n])
                     parts.append((scales.get(n, 1.0) * delta).reshape(-1))
                 du[i] = torch.cat(parts)
+            with torch.no_grad():
+                for i, blk in native[b].items():
+                    pre[i] = blk.input_maps(hid[i])
+                    du[i] = blk.input_maps(hid[i], {n: getattr(blk, n).detach() - native0[b][i][n]
+                                                    for n in blk.input_weights})
             seed = int(seeds[b])
 
             def add(quantity: str, layer: int, n_layers: int, value: float, seed: int = seed) -> None:

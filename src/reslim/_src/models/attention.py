@@ -66,6 +66,18 @@ class AttentionBlock(nn.Module):
         self.beta, self.logit, self.causal = float(beta), float(logit), bool(causal)
         self.norm = norm
 
+    #: the block's input-role weights (the coordinate check's ``p``, ``du``: :meth:`input_maps`)
+    input_weights = ("Q", "K", "V")
+
+    def input_maps(self, h: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``(q, k, v)`` of every head for the block input ``h`` (..., T, D), multipliers applied,
+        flattened and concatenated; with ``weights`` (name -> tensor, e.g. the changes since init)
+        the same linear maps of ``u = norm(h)`` with those weights instead."""
+        u = h if self.norm is None else self.norm(h)
+        w = weights if weights is not None else {n: getattr(self, n) for n in self.input_weights}
+        return torch.cat([(self.m[n] * torch.einsum("...td,mdr->...mtr", u, w[n])).reshape(-1)
+                          for n in self.input_weights])
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         u = h if self.norm is None else self.norm(h)
         out = attention_heads(u, self.Q, self.K, self.V, self.O, m_q=self.m["Q"], m_k=self.m["K"],
@@ -84,6 +96,14 @@ class MLPBlock(nn.Module):
         self.beta = float(beta)
         self.act = activation.fn
         self.norm = norm
+
+    input_weights = ("U",)
+
+    def input_maps(self, h: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Pre-activations ``m_U U^T norm(h)`` flattened (with ``weights["U"]`` instead of ``U``)."""
+        u = h if self.norm is None else self.norm(h)
+        U = weights["U"] if weights is not None else self.U
+        return (self.m_U * torch.matmul(u, U)).reshape(-1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         u = h if self.norm is None else self.norm(h)
