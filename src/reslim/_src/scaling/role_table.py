@@ -117,8 +117,28 @@ def architecture_of(param: Any) -> Architecture:
     return param.arch if isinstance(param, RoleTable) else RESNET
 
 
+BIAS_OF = "bias:"
+
+
+def bias_parent(role: str) -> str | None:
+    """``"O"`` for ``"bias:O"`` (the bias of an output role's map), else None."""
+    return role[len(BIAS_OF):] if role.startswith(BIAS_OF) else None
+
+
 def role_info(param: Any, role: str) -> Role:
-    """The :class:`Role` named ``role`` for ``param`` (its architecture's, or an extra role)."""
+    """The :class:`Role` named ``role`` for ``param`` (its architecture's, or an extra role).
+
+    ``"bias:X"`` for an output role ``X`` is the bias of ``X``'s map, i.e. one more column of
+    ``X`` whose input is the constant 1: ``X``'s multiplier, the branch and ``X``'s learning
+    rate; the module's own init (kind ``bias``)."""
+    parent = bias_parent(role)
+    if parent is not None:
+        p = role_info(param, parent)
+        if p.kind != "output":
+            raise ValueError(f"role {role!r}: only an output role's bias is defined, {parent!r} is "
+                             f"{p.kind!r} (map it to 'bias' for the base rate and no multiplier)")
+        return Role(role, "bias", f"{p.tensor} bias", (), f"bias of {parent}'s map: its multiplier, "
+                    "branch and learning rate, own init")
     for r in (*architecture_of(param).roles, *EXTRA_ROLES):
         if r.name == role:
             return r
@@ -126,7 +146,9 @@ def role_info(param: Any, role: str) -> Role:
 
 
 def allowed_roles(param: Any) -> tuple[str, ...]:
-    """Role names a user may map parameters to under ``param``."""
-    names = list(architecture_of(param).role_names)
+    """Role names a user may map parameters to under ``param`` (``bias:X`` for output roles)."""
+    arch = architecture_of(param)
+    names = list(arch.role_names)
     names += [r.name for r in EXTRA_ROLES if r.name not in names]
+    names += [BIAS_OF + r.name for r in arch.roles if r.kind == "output"]
     return tuple(names)

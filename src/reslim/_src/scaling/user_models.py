@@ -31,7 +31,7 @@ from torch import nn
 
 from ..models.transformer import get_transformer_parameterization
 from .parameterization import ROLES, Parameterization, RoleScaling, get_parameterization, optimizer_family
-from .role_table import RoleTable, allowed_roles, role_info
+from .role_table import RoleTable, allowed_roles, bias_parent, role_info
 from .shapes import Shape
 from .user_roles import Scaled, check_shape, forward_scales, infer_shape
 from .user_roles import clean_name as _clean
@@ -299,7 +299,7 @@ def param_groups(
 
     init_std, mults, lrs = {}, {}, {}
     for r in used:
-        rs = p.roles.get(r, RoleScaling())
+        rs = p.roles.get(bias_parent(r) or r, RoleScaling())  # bias:X takes X's rules
         init_std[r] = ev(rs.init, f"{r} init")
         mults[r] = ev(rs.mult, f"{r} multiplier")
         lrs[r] = lr * ev(rs.lr_adam if family == "adam" else rs.lr_sgd, f"{r} learning-rate")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .role_table import architecture_of, role_info
+from .role_table import architecture_of, bias_parent, role_info
 from .shapes import Shape
 
 _COMPILE_PREFIX = "_orig_mod."
@@ -134,7 +134,7 @@ def forward_scales(groups: Any, logit_in_forward: float = 1.0) -> dict[str, floa
     for name, role in groups.roles.items():
         s = groups.multipliers.get(role, 1.0)
         kind = role_info(groups.parameterization, role).kind
-        if kind == "output":
+        if kind == "output" or bias_parent(role) is not None:  # bias:X: X's multiplier and the branch
             s *= groups.multipliers["branch"]
         if role == "Q" and "logit" in groups.multipliers:
             s *= groups.multipliers["logit"] / logit_in_forward
