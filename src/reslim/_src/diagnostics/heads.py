@@ -18,7 +18,7 @@ These are entrywise changes of forward quantities (``q, k, v`` in R^r, the head'
 The prediction is asymptotic: ``L M >> D r_v`` (the value path is linear in the state, which
 grows like ``exp(D r_v / (2 L M))`` at init, and the Monte-Carlo term ``sqrt(D/(L M))``) and
 ``D`` large enough for ``|u|^2 / D`` and the head-readout overlaps to concentrate (a ``1/D``
-excess, e.g. 1.5x at ``D = 4``, 3x at ``D = 2``). :data:`SWEEPS` are sweeps inside that regime
+excess, e.g. 1.35-1.5x at ``D = 4``, about 4x at ``D = 2``). :data:`SWEEPS` are sweeps inside that regime
 (docs/transformers.md has the measurements outside it).
 """
 
