@@ -18,7 +18,14 @@ from reslim._src.diagnostics.mean_field import (
 from reslim._src.models.resnet import ResNet
 from reslim._src.scaling.shapes import Shape
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 inside this module's tests only (the default dtype is global state)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 class Block(nn.Module):

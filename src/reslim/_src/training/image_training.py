@@ -164,8 +164,9 @@ def train_image_classifier(model: nn.Module, data: ImageData, scheme: Scheme, co
     dev = resolve_device(config.device)
     model.to(dev)
     view = mean_field_view(model) if view is None else view
-    X, y = data.X.to(dev), data.y.to(dev)
-    Xte, yte = data.X_test.to(dev), data.y_test.to(dev)
+    dtype = next(model.parameters()).dtype
+    X, y = data.X.to(dev, dtype), data.y.to(dev)
+    Xte, yte = data.X_test.to(dev, dtype), data.y_test.to(dev)
     probe = slice(0, min(config.probe, len(X)))
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
