@@ -28,6 +28,9 @@ def test_nfd_experiment_end_to_end_through_the_cli(tmp_path, one_thread):
     for title in ("The limit's depth error", "(b, c) Width and depth", "(d) muP without depth scaling",
                   "Training loss"):
         assert title in md, title
+    # prose without dict reprs; datasets by name in the tables
+    assert "{'" not in md and "Runs: 16 limit runs and 60 finite runs done;" in md
+    assert "| synthetic | width |" in md and "| digits | width |" in md
     for name in ("width-0", "depth-0", "loss-0", "width-1", "depth-1", "loss-1"):
         assert (out / "figures" / f"nfd-{name}.png").exists(), name
     df = load_results(out)

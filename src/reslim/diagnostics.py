@@ -35,7 +35,8 @@ Depth (docs/depth.md)::
 Scaling laws from the NFD view (docs/nfd-scaling.md)::
 
     nfd_scaling(problem, depths, widths, seeds, modes, particles, ...) -> DataFrame
-    scaling_laws(df) -> ScalingLaws   depth trend of the limit, width error, crossover, compute
+    scaling_laws(df) -> ScalingLaws   depth trend of each limit (coupling reused / gia), width error
+                                      of each mode against its own limit, crossover, compute
     fit_depth_trend(L, R, se), plot_scaling(df, laws, path)
 
 Thresholds and meaning: docs/regimes.md.

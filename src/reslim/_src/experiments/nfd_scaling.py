@@ -1,11 +1,14 @@
 """The ``nfd-scaling`` experiment (docs/nfd-scaling.md): scaling laws from the Neural Feature Dynamics
 view. The final training loss, at a fixed number of steps, of the NFD limit on the depth grids
 ``depths`` and of finite one-layer-block depth-muP networks on the grid ``depths x widths`` (ordinary
-backprop and/or GIA training), fitted by :func:`reslim._src.diagnostics.nfd_scaling.scaling_laws`
+backprop and/or GIA training), each mode against its own limit (:data:`LIMIT_OF`: ordinary networks
+against the reused-weight NFD, ``coupling="reused"``, GIA networks against the decoupled one,
+``coupling="gia"``), fitted by :func:`reslim._src.diagnostics.nfd_scaling.scaling_laws`
 (depth trend of the limit, finite-width error, crossover, compute frontier).
 
 Data, training and solver options are the ``nfd`` kind's (:mod:`reslim._src.experiments.nfd`), so
-both experiments describe the same problems. Runs (all stage 1): ``nfd`` (one per dataset and L) and
+both experiments describe the same problems. Runs (all stage 1): ``nfd`` (one per dataset, coupling
+of a trained mode and L) and
 ``finite`` (one per dataset, mode, L, D, repetition; the repetitions of a cell are one batch).
 """
 
@@ -18,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from .nfd import NFDDataSpec, NFDSolverSpec, NFDTrainSpec, make_data, problem
+from .nfd import LIMIT_OF, MODES, NFDDataSpec, NFDSolverSpec, NFDTrainSpec, make_data, problem
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
 from .spec import SpecBase, StrictModel
 
@@ -85,26 +88,30 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
         for i, data in enumerate(spec.datasets):
             base = self.common(spec, data)
             P = data.P + data.P_test
-            for L in spec.depths:
-                cfg = {
-                    **base,
-                    "role": "nfd",
-                    "dataset": i,
-                    "L": L,
-                    "solver": spec.nfd.model_dump(mode="json"),
-                }
-                cost = 4.0 * spec.nfd.particles * L * K * P * (K * data.P + P)
-                runs.append(
-                    Run(
-                        self.name,
-                        cfg,
-                        group=run_key(cfg),
-                        stage=1,
-                        cost=cost,
-                        mem=8.0 * 4 * spec.nfd.particles / spec.nfd.replicas * L * K * data.P,
-                        label=f"NFD (dataset {i}, L={L})",
+            for coupling in couplings(spec):
+                reused = coupling == "reused"
+                for L in spec.depths:
+                    cfg = {
+                        **base,
+                        "role": "nfd",
+                        "dataset": i,
+                        "L": L,
+                        "coupling": coupling,
+                        "solver": spec.nfd.model_dump(mode="json"),
+                    }
+                    cost = 4.0 * spec.nfd.particles * L * K * P * (K * data.P + P) * (2 if reused else 1)
+                    runs.append(
+                        Run(
+                            self.name,
+                            cfg,
+                            group=run_key(cfg),
+                            stage=1,
+                            cost=cost,
+                            mem=8.0 * (6 if reused else 4) * spec.nfd.particles / spec.nfd.replicas
+                            * L * K * data.P,
+                            label=f"NFD {coupling} (dataset {i}, L={L})",
+                        )
                     )
-                )
             for mode in spec.modes:
                 for L in spec.depths:
                     for D in spec.widths:
@@ -152,6 +159,7 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
             replicas=s["replicas"],
             seed=s["seed"],
             dtype=c["dtype"],
+            coupling=c.get("coupling", "gia"),
         ).iloc[0]
         metrics = {k: _num(row[k]) for k in ("loss_final", "loss_stderr", "loss0")}
         return RunResult(
@@ -202,6 +210,7 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
                 {
                     "source": "nfd" if nfd else "finite",
                     "mode": "nfd" if nfd else ("gia" if c["gia"] else "ordinary"),
+                    "coupling": c.get("coupling", "gia") if nfd else "",
                     "L": int(c["L"]),
                     "width": math.inf if nfd else float(c["D"]),
                     "seed": -1 if nfd else int(c["rep"]),
@@ -214,6 +223,11 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
                 }
             )
         return pd.DataFrame(rows)
+
+
+def couplings(spec: NFDScalingSpec) -> list[str]:
+    """The limit's couplings the spec's modes are compared with (:data:`LIMIT_OF`)."""
+    return [LIMIT_OF[m] for m in MODES if m in spec.modes]
 
 
 def _num(v) -> float | None:

@@ -41,6 +41,38 @@ class NFDAnalysis:
     curves: dict = field(default_factory=dict)  # dataset -> {label: (loss (K+1,), band or None)}
     counts: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    names: list = field(default_factory=list)  # dataset -> name (dataset_names)
+
+
+def dataset_names(spec) -> list[str]:
+    """A name per dataset of the spec: its kind (``synthetic``, ``digits``), with its position
+    appended where two datasets share a kind."""
+    kinds = [d.kind for d in spec.datasets]
+    return [k if kinds.count(k) == 1 else f"{k} {i}" for i, k in enumerate(kinds)]
+
+
+_ROLE = {"nfd": "limit", "finite": "finite"}
+
+
+def counts_text(counts: dict) -> str:
+    """``{role: {status: n}}`` as prose: "12 limit runs and 232 finite runs done; 3 finite runs diverged"."""
+    roles = sorted(counts, key=lambda r: (list(_ROLE).index(r) if r in _ROLE else len(_ROLE), r))
+    statuses = list(dict.fromkeys(st for r in roles for st in counts[r]))
+    statuses = [st for st in ("done", "diverged", "failed") if st in statuses] + [
+        st for st in statuses if st not in ("done", "diverged", "failed")]
+    parts = []
+    for st in statuses:
+        items = [f"{counts[r][st]} {_ROLE.get(r, r)} run{'s' if counts[r][st] != 1 else ''}"
+                 for r in roles if counts[r].get(st)]
+        parts.append(" and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items) + f" {st}")
+    return "; ".join(parts) if parts else "no runs stored"
+
+
+def _named(df: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``df`` with its ``dataset`` column by name."""
+    if not len(df) or "dataset" not in df.columns:
+        return df
+    return df.assign(dataset=[names[int(i)] for i in df["dataset"]])
 
 
 def _arr(v) -> np.ndarray:
@@ -55,7 +87,7 @@ def _err(a: np.ndarray, b: np.ndarray) -> float:
 def analyse(kind, spec, store) -> NFDAnalysis:
     from ... import measure
 
-    res = NFDAnalysis()
+    res = NFDAnalysis(names=dataset_names(spec))
     recs = kind.records(spec, store)
     for r in recs:
         role = r.config["role"]
@@ -218,7 +250,7 @@ def _fit_cells(measure, fits, head, sel: pd.DataFrame, axis: str, col: str, spec
 
 def summary_lines(res: NFDAnalysis) -> list[str]:
     lines = ["nfd: finite one-layer ResNets vs the Neural Feature Dynamics limit"]
-    for r in res.fits.to_dict("records"):
+    for r in _named(res.fits, res.names).to_dict("records"):
         theory = -0.5 if r["theory"] == "-1/2" else -1.0
         note = verdict_note(theory, r["CI low"], r["CI high"]) if r["theory"] else ""
         lines.append(f"  dataset {r['dataset']} {r['sweep']} sweep, {r['param']} {r['mode']}: error ~ "
@@ -247,8 +279,9 @@ def _axes(figsize=(6.2, 4.4)):
 
 def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
     tr = spec.train
+    names = res.names or dataset_names(spec)
     data_txt = "; ".join(
-        f"dataset {i}: {d.kind} (P = {d.P}, P_test = {d.P_test}"
+        f"dataset {names[i]} (P = {d.P}, P_test = {d.P_test}"
         + (f", d_in = {d.d_in}" if d.kind == "synthetic" else "") + f", |x| = {d.x_norm:g})"
         for i, d in enumerate(spec.datasets))
     intro = Section("Neural Feature Dynamics: finite one-layer ResNets against their limit", [
@@ -260,8 +293,8 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
         f"{spec.nfd.particles} particles in {spec.nfd.replicas} replicas, Euler-Maruyama on the depth grid.",
         "Errors: RMS over steps 1..K, training points and outputs of f_net - f_NFD; fits by log-log "
         "least squares with 95% bootstrap intervals over repetitions (reslim.measure.fit_power_law).",
-        f"Runs: {res.counts}; seconds by role: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()) + "."])
+        f"Runs: {counts_text(res.counts)}; seconds by role: "
+        + ", ".join(f"{_ROLE.get(k, k)} {v:.1f}" for k, v in res.seconds.items()) + "."])
     out = [intro]
     fits = res.fits
     b = Section("(b, c) Width and depth: finite networks approach the NFD", [
@@ -279,12 +312,13 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
         "the two limits on the network's depth grid (the networks' own, the mean over repetitions, "
         "sits above its limit's by their O(1/D) output variance)."])
     if len(fits):
-        b.tables.append(("Fitted exponents", fits[fits["sweep"] != "mup"]))
+        b.tables.append(("Fitted exponents", _named(fits[fits["sweep"] != "mup"], names)))
     if len(res.grid):
         b.tables.append(("The limit's depth error (NFD grid L vs the reference grid, common random "
-                         "numbers; the bound is the noise independent solves would have)", res.grid))
+                         "numbers; the bound is the noise independent solves would have)",
+                         _named(res.grid, names)))
     if len(res.cells):
-        b.tables.append(("Errors per cell", res.cells[res.cells["param"] == "depth-mup"]))
+        b.tables.append(("Errors per cell", _named(res.cells[res.cells["param"] == "depth-mup"], names)))
     for i in range(len(spec.datasets)):
         if "width" in spec.sweeps and len(res.cells):
             b.figures.append(_sweep_figure(spec, res, i, "D", fig_dir))
@@ -297,8 +331,8 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
             "above): the error against the NFD and the distance between the repetition means at "
             "consecutive depths (cauchy) do not shrink with L."])
         if len(fits):
-            d.tables.append(("Fitted exponents", fits[fits["sweep"] == "mup"]))
-        d.tables.append(("Errors per cell", res.cells[res.cells["param"] == "mup"]))
+            d.tables.append(("Fitted exponents", _named(fits[fits["sweep"] == "mup"], names)))
+        d.tables.append(("Errors per cell", _named(res.cells[res.cells["param"] == "mup"], names)))
         out.append(d)
     if res.curves:
         out.append(Section("Training loss", [
@@ -348,12 +382,13 @@ def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureR
     ax.set_yscale("log")
     ax.set_xlabel("width D" if axis == "D" else "depth L")
     ax.set_ylabel("RMS output error vs the NFD")
-    ax.set_title(f"dataset {i}: " + (f"width sweep at L = {spec.width_depth} (vs the NFD on that grid)"
+    name = res.names[i] if i < len(res.names) else str(i)
+    ax.set_title(f"dataset {name}: " + (f"width sweep at L = {spec.width_depth} (vs the NFD on that grid)"
                                      if axis == "D" else "depth sweeps (vs the reference grid)"), fontsize=9)
     ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.25)
     what = "width" if axis == "D" else "depth"
-    return _save(fig, fig_dir, f"nfd-{what}-{i}", f"dataset {i}: error against the NFD vs {what}; "
+    return _save(fig, fig_dir, f"nfd-{what}-{i}", f"dataset {name}: error against the NFD vs {what}; "
                  "dashed: fitted power laws")
 
 
@@ -376,8 +411,9 @@ def _loss_figure(res: NFDAnalysis, i: int, fig_dir) -> FigureRef:
             ax.fill_between(k, loss - 2 * se, loss + 2 * se, color=color, alpha=0.2, lw=0)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title(f"dataset {i}: training loss", fontsize=9)
+    name = res.names[i] if i < len(res.names) else str(i)
+    ax.set_title(f"dataset {name}: training loss", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.25)
     return _save(fig, fig_dir, f"nfd-loss-{i}",
-                 f"dataset {i}: the NFD's training loss and the deepest networks'")
+                 f"dataset {name}: the NFD's training loss and the deepest networks'")
