@@ -155,8 +155,9 @@ def sections(kind, spec, store, res: MeanFieldAnalysis, fig_dir) -> list[Section
         a = Section("Training schemes against plain training", [
             f"Data: {res.data}; device {res.device}; {spec.train.epochs} epochs of SGD (momentum "
             f"{spec.train.momentum:g}, lr {spec.train.lr:g}, {spec.train.schedule} schedule, weight decay "
-            f"{spec.train.weight_decay:g}, batch {spec.train.batch_size}, crop pad {spec.train.pad}, flip "
-            f"{spec.train.flip}); model width {spec.model.width}, {spec.model.blocks} blocks x "
+            f"{spec.train.weight_decay:g}, batch {spec.train.batch_size}, crop pad {spec.train.pad}, "
+            f"{'horizontal flips' if spec.train.flip else 'no flips'}); model width {spec.model.width}, "
+            f"{spec.model.blocks} blocks x "
             f"{spec.model.stages} stages. Reordering after every {spec.scheme.every} epoch(s) up to "
             f"{spec.scheme.stop:g} of training; surrogate pretraining for {spec.scheme.fraction:g} of the "
             "epochs. Intervals: 95% Student t over seeds; differences are paired by seed (same "
@@ -206,13 +207,17 @@ def _accuracy_figure(spec, res, fig_dir):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test accuracy - plain (points, paired)")
+    ax.set_title("each scheme minus plain training (95% intervals)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
+    schemes = sorted({name for _, name in res.curves})
     for (arch, name), curves in sorted(res.curves.items()):
         c = 100 * np.array(curves, dtype=float).mean(axis=0)
-        ax.plot(np.arange(1, c.size + 1), c, "-", label=f"{arch} {name}")
+        ax.plot(np.arange(1, c.size + 1), c, "-" if arch == "resnet" else "--",
+                color=f"C{schemes.index(name)}", label=f"{arch} {name}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy % (mean over seeds)")
+    ax.set_title("test accuracy per epoch (solid: ResNet, dashed: ResNeXt)", fontsize=9)
     ax.legend(fontsize=6)
     ax.grid(True, alpha=0.25)
     return figures.save(fig, fig_dir, "mean-field-accuracy", "left: paired accuracy differences to plain "
@@ -221,13 +226,16 @@ def _accuracy_figure(spec, res, fig_dir):
 
 def _jump_figure(res, fig_dir):
     fig, ax = figures.subplots(figsize=(6.2, 4.4))
+    schemes = sorted({name for _, name in res.jumps})
     for (arch, name), js in sorted(res.jumps.items()):
         e = np.array([j[0] for j in js], dtype=float)
         ratio = np.array([j[3] / max(j[2], 1e-300) for j in js])
-        ax.semilogy(e + 1, ratio, ".", ms=4, label=f"{arch} {name}")
+        ax.semilogy(e + 1, ratio, "." if arch == "resnet" else "x", ms=4, color=f"C{schemes.index(name)}",
+                    label=f"{arch} {name}")
     ax.axhline(1, color="k", lw=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("probe loss right after / right before")
+    ax.set_title("loss jump at each reordering or switch (dots: ResNet, crosses: ResNeXt)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.25)
     return figures.save(fig, fig_dir, "mean-field-jumps", "loss ratio across each reordering (1: no change)")
@@ -244,6 +252,7 @@ def _landscape_figure(res, fig_dir):
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("width M (units per block)")
     ax.set_ylabel("fraction of inits reaching zero loss")
+    ax.set_title("landscape: runs reaching the global minimum (Wilson 95%)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.25)
     return figures.save(fig, fig_dir, "mean-field-landscape", "fraction of random initialisations reaching "
