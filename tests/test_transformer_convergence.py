@@ -28,7 +28,12 @@ def test_transformer_convergence_runs_and_reports(tmp_path, one_thread):
     assert np.isfinite(err).all() and (err > 0).all()
     m = df[df["config.sweep"] == "M"].groupby("config.M")["metrics.error"].mean()
     assert m.iloc[-1] < m.iloc[0]  # more heads per layer, closer to the reference
-    assert any("M sweep: error ~ M^" in line for line in summary.summary_lines)
+    assert any("M sweep: error ~ M^" in line and "(theory -1/2)" in line for line in summary.summary_lines)
+    # every fitted exponent carries the theory's value and a verdict, and the sweeps are drawn
+    fits_table = md.split("Fitted exponents")[1].split("Error per shape")[0]
+    assert "theory" in fits_table and "verdict" in fits_table
+    assert fits_table.count("consistent") == 3  # consistent or inconsistent, once per sweep
+    assert (out / "figures" / "transformer-convergence.png").is_file()
     again = run_sweep(spec, out, progress=False)
     assert again.skipped == again.total == len(df)  # stored: nothing to redo
 

@@ -112,8 +112,9 @@ def _net(c: TransformerRunConfig, L: int, M: int, D: int) -> Transformer:
                        embed_seed=c.seed, embed_dim_max=c.reference[2], dtype=c.dtype)
 
 
-class TransformerConvergence(ExperimentKind):
+class TransformerConvergence(ExperimentKind[TransformerConvergenceSpec]):
     spec_model = TransformerConvergenceSpec
+    report_module = "reslim._src.report.transformer_convergence"
 
     def expand(self, spec: Any) -> list[Run]:
         runs, seen = [], set()
@@ -163,60 +164,6 @@ class TransformerConvergence(ExperimentKind):
             rows.append({"sweep": c["sweep"], "L": c["L"], "M": c["M"], "D": c["D"], "seed": c["seed"],
                          "error": np.nan if e is None else float(e), "status": rec.status})
         return pd.DataFrame(rows)
-
-    def analyse(self, spec, store) -> dict[str, Any]:
-        from ..measure.fits import fit_power_law
-
-        df = self.table(spec, store)
-        fits = []
-        for sweep, x in (("M", "M"), ("D", "D"), ("LM", "L")):
-            g = df[df["sweep"] == sweep] if not df.empty else df
-            if g.empty:
-                continue
-            piv = g.pivot_table(index=x, columns="seed", values="error", aggfunc="mean", dropna=False)
-            row: dict[str, Any] = {"sweep": sweep, "variable": x}
-            try:
-                fit = fit_power_law(piv.index.to_numpy(dtype=float), piv.to_numpy(dtype=float), n_boot=500)
-                row.update({"exponent": fit.exponent, "ci_low": fit.exponent_ci[0],
-                            "ci_high": fit.exponent_ci[1]})
-            except ValueError:
-                row.update({"exponent": np.nan, "ci_low": np.nan, "ci_high": np.nan})
-            fits.append(row)
-        lm = df[df["sweep"] == "LM"] if not df.empty else df
-        spread = np.nan
-        if not lm.empty:
-            mean = lm.groupby("L")["error"].mean()
-            deep = mean[mean.index >= 4]
-            if len(deep) >= 2:
-                spread = float(deep.max() / deep.min())
-        summary = (df.groupby(["sweep", "L", "M", "D"])["error"].agg(["mean", "std"]).reset_index()
-                   if not df.empty else df)
-        return {"table": df, "fits": pd.DataFrame(fits), "summary": summary, "lm_spread": spread}
-
-    def report(self, spec, store, analysis, figure_dir):
-        from ..report.report import Section
-
-        refs = ", ".join(f"{n}: {tuple(sw.reference)}" for n, sw in
-                         (("M", spec.M_sweep), ("D", spec.D_sweep), ("LM", spec.LM_sweep)))
-        text = (f"{spec.param} Transformers (attention heads as units, r = {spec.r}, r_v = {spec.r_v}, "
-                f"T = {spec.T}) against each sweep's reference (L, M, D) ({refs}); error = RMS over "
-                f"steps 0..{spec.steps}, samples and outputs of the output difference, {spec.seeds} seeds. "
-                "Sweeps: heads per layer M, embedding dimension D, and at fixed L M the split into depth "
-                "and heads (depth begets width: the error should depend on L M, plus 1/L).")
-        spread = analysis["lm_spread"]
-        extra = (f"LM sweep: the errors of splits with L >= 4 differ by a factor {spread:.2f} "
-                 "(max / min of the seed means)." if math.isfinite(spread) else "")
-        return [Section("Transformers: convergence to the reference", [text, extra],
-                        tables=[("Fitted exponents (error ~ x^p, bootstrap 95% interval)", analysis["fits"]),
-                                ("Error per shape (mean, std over seeds)", analysis["summary"])])]
-
-    def summary(self, spec, analysis) -> list[str]:
-        lines = [f"{r.sweep} sweep: error ~ {r.variable}^{r.exponent:+.3f} "
-                 f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]" for r in analysis["fits"].itertuples()]
-        if math.isfinite(analysis["lm_spread"]):
-            lines.append(f"depth begets width: errors at fixed L M (L >= 4) within a factor "
-                         f"{analysis['lm_spread']:.2f}")
-        return lines
 
 
 register_experiment("transformer-convergence", TransformerConvergence())
