@@ -119,3 +119,16 @@ def test_phase_diagram_out_is_checked_before_the_work(capsys, tmp_path, monkeypa
         _one_line(*_invoke(capsys, ["phase-diagram", "--out", out]), "--out")
     assert time.perf_counter() - t0 < 30
     assert afile.read_text() == "keep me"
+
+
+def test_a_folder_named_like_a_builtin_spec_does_not_hide_it(tmp_path, monkeypatch):
+    """`reslim run nfd` in a folder holding a directory `nfd/` (a previous --out, say) runs the
+    built-in spec; a folder that is no built-in name is a one-line error saying it is a folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deep-linear").mkdir()
+    assert load_spec("deep-linear").kind == "deep-linear"
+    (tmp_path / "not-a-spec").mkdir()
+    with pytest.raises(SpecError, match="not-a-spec is a directory, not a .toml file"):
+        load_spec("not-a-spec")
+    with pytest.raises(SpecError, match="missing.toml does not exist"):
+        load_spec("missing.toml")

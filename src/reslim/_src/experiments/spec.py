@@ -148,7 +148,11 @@ def read_spec_source(source: str | Path) -> tuple[dict[str, Any], str]:
     """Raw TOML data of a built-in spec name or a file path, and where it came from."""
     text_source = str(source)
     path = Path(text_source)
-    if text_source.endswith(".toml") or path.exists():
+    builtin = resources.files(BUILTIN_SPECS) / f"{text_source}.toml"
+    # a file path: ends in .toml, or names a file; a folder never hides the built-in spec of its name
+    if text_source.endswith(".toml") or path.is_file() or (path.exists() and not builtin.is_file()):
+        if path.is_dir():
+            raise SpecError(f"spec file {text_source} is a directory, not a .toml file")
         if not path.is_file():
             raise SpecError(f"spec file {text_source} does not exist")
         try:
@@ -159,11 +163,10 @@ def read_spec_source(source: str | Path) -> tuple[dict[str, Any], str]:
         except OSError as err:
             raise SpecError(f"spec file {text_source} cannot be read: {err.strerror or err}") from None
     else:
-        res = resources.files(BUILTIN_SPECS) / f"{text_source}.toml"
-        if not res.is_file():
+        if not builtin.is_file():
             raise SpecError(f"unknown spec {text_source!r}; built-in: {', '.join(builtin_specs())} "
                             "(or give a path to a .toml file)")
-        text, origin = res.read_text(), f"built-in:{text_source}"
+        text, origin = builtin.read_text(), f"built-in:{text_source}"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
