@@ -154,6 +154,35 @@ def problem(c: dict[str, Any]):
                       activation=c["activation"], X_test=d["X_test"], Y_test=d["Y_test"])
 
 
+def train_finite(runs: list[Run], record: tuple[str, ...] = ("loss",), test: bool = False):
+    """Train the finite networks of ``runs`` (one config up to ``seed``) as one batched ``ResNet``:
+    the network whose limit is the runs' NFD problem (:func:`reslim.limits.nfd_network_options`),
+    under the config's ``param`` when it is not depth-muP. ``test``: also the test loss when the
+    data has a test set. Returns ``(trajectory, seconds per run)``."""
+    from ..limits.nfd import nfd_network_options
+    from ..models.resnet import ResNet
+    from ..scaling.parameterization import get_parameterization
+    from ..scaling.shapes import Shape
+    from ..training.data import Dataset
+    from ..training.trainer import train
+
+    t0 = time.perf_counter()
+    c = runs[0].config
+    opts = nfd_network_options(problem(c))
+    model_kw = dict(opts["model"])
+    if c.get("param", "depth-mup") != "depth-mup":
+        model_kw["param"] = get_parameterization(c["param"])
+    d = make_data(c["data"])
+    with_test = test and d["X_test"] is not None
+    data = Dataset(d["X"], d["Y"], X_test=d["X_test"] if with_test else None,
+                   Y_test=d["Y_test"] if with_test else None)
+    net = ResNet(Shape(c["L"], c["D"], c["D"]), seeds=[r.config["seed"] for r in runs], dtype=c["dtype"],
+                 **model_kw)
+    traj = train(net, data, gia=c["gia"], record=record + (("test_loss",) if with_test else ()),
+                 **opts["train"])
+    return traj, (time.perf_counter() - t0) / len(runs)
+
+
 def _list(a) -> list:
     return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float).ravel()]
 
@@ -246,28 +275,8 @@ class NFDExperiment(ExperimentKind):
                          seconds=time.perf_counter() - t0)
 
     def _finite(self, runs: list[Run]) -> list[RunResult]:
-        from ..limits.nfd import nfd_network_options
-        from ..models.resnet import ResNet
-        from ..scaling.parameterization import get_parameterization
-        from ..scaling.shapes import Shape
-        from ..training.data import Dataset
-        from ..training.trainer import train
-
-        t0 = time.perf_counter()
-        c = runs[0].config
-        pb = problem(c)
-        opts = nfd_network_options(pb)
-        model_kw = dict(opts["model"])
-        if c["param"] != "depth-mup":
-            model_kw["param"] = get_parameterization(c["param"])
-        d = make_data(c["data"])
-        data = Dataset(d["X"], d["Y"], X_test=d["X_test"], Y_test=d["Y_test"])
-        net = ResNet(Shape(c["L"], c["D"], c["D"]), seeds=[r.config["seed"] for r in runs], dtype=c["dtype"],
-                     **model_kw)
-        record = ("loss", "outputs") + (("test_loss",) if d["X_test"] is not None else ())
-        traj = train(net, data, gia=c["gia"], record=record, **opts["train"])
+        traj, seconds = train_finite(runs, record=("loss", "outputs"), test=True)
         assert traj.outputs is not None
-        seconds = (time.perf_counter() - t0) / len(runs)
         out = []
         for b, run in enumerate(runs):
             div = int(traj.diverged_at[b])

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from .nfd import LIMIT_OF, MODES, NFDDataSpec, NFDSolverSpec, NFDTrainSpec, make_data, problem
+from .nfd import LIMIT_OF, MODES, NFDDataSpec, NFDSolverSpec, NFDTrainSpec, problem, train_finite
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
 from .spec import SpecBase, StrictModel
 
@@ -167,24 +167,9 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
         )
 
     def _finite(self, runs: list[Run]) -> list[RunResult]:
-        from ..limits.nfd import nfd_network_options
-        from ..models.resnet import ResNet
-        from ..training.data import Dataset
-        from ..training.trainer import train
-
-        t0 = time.perf_counter()
         c = runs[0].config
         pb = problem(c)
-        opts = nfd_network_options(pb)
-        d = make_data(c["data"])
-        net = ResNet(
-            (c["L"], c["D"], c["D"]),
-            seeds=[r.config["seed"] for r in runs],
-            dtype=c["dtype"],
-            **opts["model"],
-        )
-        traj = train(net, Dataset(d["X"], d["Y"]), gia=c["gia"], record=("loss",), **opts["train"])
-        seconds = (time.perf_counter() - t0) / len(runs)
+        traj, seconds = train_finite(runs, record=("loss",))
         out = []
         for b, run in enumerate(runs):
             bad = int(traj.diverged_at[b]) >= 0
