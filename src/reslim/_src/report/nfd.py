@@ -20,14 +20,14 @@ depths.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .report import FigureRef, Section, atomic_write, verdict_note
+from . import figures
+from .report import FigureRef, Section, verdict_note
 
 #: the NFDLimit coupling each training mode is compared with (as the nfd kind's LIMIT_OF)
 LIMIT_OF = {"ordinary": "reused", "gia": "gia"}
@@ -260,23 +260,6 @@ def summary_lines(res: NFDAnalysis) -> list[str]:
     return lines
 
 
-def _save(fig, fig_dir, name: str, caption: str) -> FigureRef:
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    png, svg = fig_dir / f"{name}.png", fig_dir / f"{name}.svg"
-    for path, opts in ((png, {"dpi": 120}), (svg, {})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **opts)
-        atomic_write(path, buf.getvalue())
-    return FigureRef(png, caption, svg)
-
-
-def _axes(figsize=(6.2, 4.4)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
-
-
 def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
     tr = spec.train
     names = res.names or dataset_names(spec)
@@ -344,7 +327,7 @@ def sections(kind, spec, store, res: NFDAnalysis, fig_dir) -> list[Section]:
 def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureRef:
     """Error against the NFD vs D (the width sweep) or vs L (the depth, joint and muP sweeps, and
     the limit's own depth error), with the fitted power laws dashed."""
-    fig, ax = _axes()
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     c = res.cells[res.cells["dataset"] == i]
     col = "E vs same-L NFD" if axis == "D" else "E vs ref"
     lines = ([("width", "depth-mup", "ordinary", "C0", "o-"), ("width", "depth-mup", "gia", "C1", "s-")]
@@ -388,7 +371,7 @@ def _sweep_figure(spec, res: NFDAnalysis, i: int, axis: str, fig_dir) -> FigureR
     ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(True, which="both", alpha=0.25)
     what = "width" if axis == "D" else "depth"
-    return _save(fig, fig_dir, f"nfd-{what}-{i}", f"dataset {name}: error against the NFD vs {what}; "
+    return figures.save(fig, fig_dir, f"nfd-{what}-{i}", f"dataset {name}: error against the NFD vs {what}; "
                  "dashed: fitted power laws")
 
 
@@ -401,7 +384,7 @@ def _fit_row(fits: pd.DataFrame, i, sweep, param, mode):
 
 
 def _loss_figure(res: NFDAnalysis, i: int, fig_dir) -> FigureRef:
-    fig, ax = _axes()
+    fig, ax = figures.subplots(figsize=(6.2, 4.4))
     for j, (label, (loss, se)) in enumerate(res.curves[i].items()):
         k = np.arange(loss.size)
         nfd = label.startswith("NFD")
@@ -415,5 +398,5 @@ def _loss_figure(res: NFDAnalysis, i: int, fig_dir) -> FigureRef:
     ax.set_title(f"dataset {name}: training loss", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.25)
-    return _save(fig, fig_dir, f"nfd-loss-{i}",
+    return figures.save(fig, fig_dir, f"nfd-loss-{i}",
                  f"dataset {name}: the NFD's training loss and the deepest networks'")

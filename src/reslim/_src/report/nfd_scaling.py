@@ -8,12 +8,12 @@ decoupled one); every table says which (column ``limit``).
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 
+from . import figures
 from .nfd import counts_text, dataset_names
-from .report import FigureRef, Section, atomic_write
+from .report import Section
 
 
 @dataclass
@@ -93,16 +93,6 @@ def summary_lines(res: NFDScalingAnalysis) -> list[str]:
     return lines
 
 
-def _save(fig, fig_dir, name: str, caption: str) -> FigureRef:
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    png, svg = fig_dir / f"{name}.png", fig_dir / f"{name}.svg"
-    for path, opts in ((png, {"dpi": 120}), (svg, {})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **opts)
-        atomic_write(path, buf.getvalue())
-    return FigureRef(png, caption, svg)
-
-
 def sections(kind, spec, store, res: NFDScalingAnalysis, fig_dir) -> list[Section]:
     from ..diagnostics.nfd_scaling import plot_scaling
 
@@ -163,7 +153,7 @@ def sections(kind, spec, store, res: NFDScalingAnalysis, fig_dir) -> list[Sectio
             sec.tables.append(("Compute-frontier exponents (R - R_NFD ~ C^r)", laws.compute_fits))
         fig = plot_scaling(res.tables[i], laws)
         sec.figures.append(
-            _save(
+            figures.save(
                 fig,
                 fig_dir,
                 f"nfd-scaling-{i}",
