@@ -11,8 +11,8 @@ from reslim.limits import (
     MeanODE,
     ReferenceNetwork,
     available_limits,
-    embedding_error,
     get_limit,
+    large_d_embedding_error,
     output_rms,
     register_limit,
     solve,
@@ -121,7 +121,14 @@ def test_same_trajectory_kind_for_every_limit():
     np.testing.assert_allclose(ref.hidden[0, :, 0], np.einsum("bdi,ni->bnd", pb.W_e, pb.data.X), atol=1e-13)
     # distances accept any pair of records
     assert output_rms(mo, ref, step=K).shape == (B,)
-    assert embedding_error(ref, LargeDLimit(S=L).solution(pb), pb.W_e, pb.W_u, step=2).shape == (B,)
+    sol = LargeDLimit(S=L).solution(pb)
+    assert large_d_embedding_error(ref, sol, pb.W_e, pb.W_u, step=2).shape == (B,)
+    # the old name is a deprecated alias of the same function
+    import reslim.limits
+
+    with pytest.warns(DeprecationWarning, match="large_d_embedding_error"):
+        old = reslim.limits.embedding_error(ref, sol, pb.W_e, pb.W_u, step=2)
+    np.testing.assert_array_equal(old, large_d_embedding_error(ref, sol, pb.W_e, pb.W_u, step=2))
 
 
 def test_reference_network_tanh_and_shape_checks():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from reslim import Dataset, linear_teacher
-from reslim.limits import LargeDLimit, LimitProblem, MeanODE, ReferenceNetwork, embedding_error, output_rms
+from reslim.limits import LargeDLimit, LimitProblem, MeanODE, ReferenceNetwork, output_rms
+from reslim.limits import large_d_embedding_error as embedding_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -77,8 +77,12 @@ def _matrix(runs: pd.DataFrame, role: str, metric: str, reps: int, shapes: list[
 
 
 def _rms(m: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.nanmean(m * m, axis=1)) if m.size else np.zeros(0)
+    if not m.size:
+        return np.zeros(0)
+    sq = m * m
+    n = np.isfinite(sq).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows with no finite entry: NaN, silently
+        return np.sqrt(np.where(n > 0, np.nansum(sq, axis=1) / np.maximum(n, 1), np.nan))
 
 
 def analyse(kind, spec, store) -> ConvergenceAnalysis:

@@ -67,7 +67,8 @@ def error_vs_axis(agg: pd.DataFrame, x: str, line: str, fixed: dict[str, int], y
     fixed_txt = ", ".join(f"{k}={v}" for k, v in fixed.items())
     ax.set_title(title or f"{ylabel} vs {x} ({fixed_txt}); dashed: fitted model", fontsize=9)
     if len(values) <= 12:
-        ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:  # no labelled line when every run diverged
+            ax.legend(fontsize=7, ncol=2)
     else:
         sm = ScalarMappable(cmap=cmap, norm=matplotlib.colors.LogNorm(min(values), max(values)))
         fig.colorbar(sm, ax=ax, label=line)
