@@ -40,8 +40,9 @@ def transformer_check(param: str, axes: list[str], sizes: list[float] | None, ba
         ex = head_exponents(rec, tol)
         k = int(ex["step"].max())
         normed = "" if norm == "none" else f", {norm} norm"
-        table = Table(title=f"{param} (transformer{normed}) along {a} = {', '.join(map(str, s))}, "
+        console.print(f"{param} (transformer{normed}) along {a} = {', '.join(map(str, s))}, "
                       f"base {shape}; per-head movement at step {k}")
+        table = Table()
         for col in ("quantity", "exponent", "± se", "trend"):
             table.add_column(col)
         for r in ex[ex["step"] == k].itertuples():
