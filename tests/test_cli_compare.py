@@ -88,6 +88,30 @@ def test_verdicts_against_theory():
     assert t["fit"] == "digits W=16 mlu lr drift" and t["verdict"] == "transfers"
 
 
+def test_rows_of_the_newer_kinds_are_named_and_never_merged():
+    import pandas as pd
+
+    from reslim._src.cli.compare import fit_rows
+
+    # transformer-convergence and nfd name their fits by sweep (and mode)
+    fits = pd.DataFrame([{"sweep": s, "variable": v, "exponent": -0.5, "CI low": -0.6, "CI high": -0.4,
+                          "theory": "-1/2"} for s, v in (("M", "M"), ("D", "D"))])
+    assert [r["fit"] for r in fit_rows({"fits": fits})] == ["M", "D"]
+    nfd = pd.DataFrame([{"dataset": "digits", "sweep": "width", "param": "depth-mup", "mode": m,
+                         "exponent": -0.45, "CI low": -0.5, "CI high": -0.4, "theory": "-1/2"}
+                        for m in ("ordinary", "gia")])
+    assert [r["fit"] for r in fit_rows({"fits": nfd})] == ["digits width depth-mup ordinary",
+                                                           "digits width depth-mup gia"]
+    # rows no name column tells apart are both kept
+    twin = pd.DataFrame([{"exponent": e, "CI low": e - 0.1, "CI high": e + 0.1} for e in (-1.0, -0.5)])
+    assert [r["value"] for r in fit_rows({"fits": twin})] == [-1.0, -0.5]
+    # mean-field: paired differences to plain training, with the kind's own verdict
+    paired = pd.DataFrame([{"arch": "resnet", "scheme": "random-reorder", "diff (points)": -0.35,
+                            "CI low": -1.6, "CI high": 0.9, "at 95%": "no difference"}])
+    (r,) = fit_rows({"paired": paired})
+    assert r["fit"] == "resnet random-reorder" and r["verdict"] == "no difference" and r["value"] == -0.35
+
+
 def test_errors_are_one_line_exit_2(stores, tmp_path, capsys):
     w4 = str(stores / "w4")
     one_line_error(*invoke(capsys, ["compare", w4, str(tmp_path / "missing")]), "missing",

@@ -20,9 +20,11 @@ from .app import app, fail
 FORMATS = ("table", "csv", "markdown")
 
 #: columns that name a fit (in this order), as the kinds' fit tables spell them
-_ID_COLUMNS = ("dataset", "width", "error", "quantity", "param", "optimizer", "correction", "metric",
-               "against", "held at", "fit", "L", "step")
-_VALUE = ("exponent", "rate", "drift")
+_ID_COLUMNS = ("dataset", "arch", "sweep", "width", "error", "quantity", "param", "mode", "scheme",
+               "optimizer", "correction", "metric", "against", "held at", "fit", "L", "step")
+_VALUE = ("exponent", "rate", "drift", "diff (points)")
+#: analysis tables that hold fits (or paired differences), in the order shown
+_TABLES = ("fits", "paired")
 _LOW, _HIGH = ("CI low", "ci_low"), ("CI high", "ci_high")
 
 
@@ -98,8 +100,10 @@ def fit_rows(analysis: Any) -> list[dict[str, Any]]:
         return getattr(analysis, name, None)
 
     rows: list[dict[str, Any]] = []
-    fits = get("fits")
-    if isinstance(fits, pd.DataFrame) and len(fits):
+    for table in _TABLES:
+        fits = get(table)
+        if not (isinstance(fits, pd.DataFrame) and len(fits)):
+            continue
         value = next((c for c in _VALUE if c in fits), None)
         low = next((c for c in _LOW if c in fits), None)
         high = next((c for c in _HIGH if c in fits), None)
@@ -109,16 +113,23 @@ def fit_rows(analysis: Any) -> list[dict[str, Any]]:
                 theory = r.get("theory")
                 theory = None if theory is None or (isinstance(theory, float) and math.isnan(theory)) \
                     else theory
+                given = next((r[c] for c in ("verdict", "at 95%") if isinstance(r.get(c), str)), "") \
+                    if theory is None else ""
                 rows.append({"fit": _name(r), "value": _number(r[value]), "low": lo, "high": hi,
                              "theory": "" if theory is None else (
                                  f"{theory:+.4g}" if isinstance(theory, (int, float)) else str(theory)),
-                             "verdict": verdict(theory, lo, hi) if theory is not None else ""})
+                             "verdict": verdict(theory, lo, hi) if theory is not None else given})
     verdicts = get("verdicts")
     if isinstance(verdicts, pd.DataFrame) and len(verdicts) and "drift" in verdicts:
         for r in verdicts.to_dict("records"):
             rows.append({"fit": f"{_name(r)} lr drift".strip(), "value": _number(r["drift"]),
                          "low": math.nan, "high": math.nan, "theory": "",
                          "verdict": "transfers" if r.get("transfers") else "does not transfer"})
+    seen: dict[str, int] = {}
+    for r in rows:  # two fits of one name (a name column this file does not know): keep both
+        n = seen[r["fit"]] = seen.get(r["fit"], 0) + 1
+        if n > 1:
+            r["fit"] = f"{r['fit']} #{n}"
     return rows
 
 
@@ -218,7 +229,9 @@ def _print(per_store: list[dict[str, dict]], labels: list[str], fmt: str, kind: 
     from rich.console import Console
     from rich.table import Table
 
-    what = "learning-rate drifts per doubling of depth" if kind == "transfer" else "fitted exponents"
+    what = {"transfer": "learning-rate drifts per doubling of depth",
+            "mean-field": "test-accuracy differences to plain training (points, paired by seed)"}.get(
+        kind, "fitted exponents")
     table = Table(title=f"{what} ({kind}): value [95% interval] verdict")
     for col in header:
         table.add_column(col, justify="left", no_wrap=True)
