@@ -58,3 +58,16 @@ def test_nfd_spec_errors_are_one_line(tmp_path):
         lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and field in lines[0], res.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_run_labels_name_the_datasets():
+    """`reslim runs` shows which dataset a run belongs to by name (synthetic, digits), not index."""
+    import reslim._src.experiments.nfd  # noqa: F401  (registers the kind)
+    import reslim._src.experiments.nfd_scaling  # noqa: F401
+    from reslim._src.experiments.registry import get_experiment
+    from reslim._src.experiments.spec import load_spec
+
+    for name in ("nfd", "nfd-scaling"):
+        labels = [r.label for r in get_experiment(name).expand(load_spec(name))]
+        assert any("(dataset synthetic," in lb for lb in labels), labels[:3]
+        assert not any("(dataset 0," in lb for lb in labels)

@@ -224,6 +224,9 @@ class NFDExperiment(ExperimentKind):
     def expand(self, spec: NFDSpec) -> list[Run]:
         runs = []
         K = spec.train.steps
+        from ..report.nfd import dataset_names
+
+        names = dataset_names(spec)
         for i, data in enumerate(spec.datasets):
             base = self.common(spec, data)
             P = data.P + data.P_test
@@ -236,7 +239,7 @@ class NFDExperiment(ExperimentKind):
                     runs.append(Run(self.name, cfg, group=run_key(cfg), stage=1, cost=cost,
                                     mem=8.0 * (6 if coupling == "reused" else 4) * spec.nfd.particles
                                     / spec.nfd.replicas * L * K * data.P,
-                                    label=f"NFD {coupling} (dataset {i}, L={L})"))
+                                    label=f"NFD {coupling} (dataset {names[i]}, L={L})"))
             for param, mode, L, D in cells(spec):
                 for r in range(spec.repetitions):
                     cfg = {**base, "role": "finite", "dataset": i, "param": param, "gia": mode == "gia",
@@ -245,7 +248,7 @@ class NFDExperiment(ExperimentKind):
                     cost = 4.0 * L * D * D * data.P * K * (3 if mode == "gia" else 1) + 1e5
                     runs.append(Run(self.name, cfg, group=run_key(batch), stage=1, cost=cost,
                                     mem=8.0 * L * D * D * (2 if mode == "gia" else 1),
-                                    label=f"{param} {mode} (dataset {i}, L={L}, D={D})"))
+                                    label=f"{param} {mode} (dataset {names[i]}, L={L}, D={D})"))
         return runs
 
     def execute(self, runs: list[Run]) -> list[RunResult]:

@@ -85,6 +85,9 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
     def expand(self, spec: NFDScalingSpec) -> list[Run]:
         runs = []
         K = spec.train.steps
+        from ..report.nfd import dataset_names
+
+        names = dataset_names(spec)
         for i, data in enumerate(spec.datasets):
             base = self.common(spec, data)
             P = data.P + data.P_test
@@ -109,7 +112,7 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
                             cost=cost,
                             mem=8.0 * (6 if reused else 4) * spec.nfd.particles / spec.nfd.replicas
                             * L * K * data.P,
-                            label=f"NFD {coupling} (dataset {i}, L={L})",
+                            label=f"NFD {coupling} (dataset {names[i]}, L={L})",
                         )
                     )
             for mode in spec.modes:
@@ -136,7 +139,7 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
                                     stage=1,
                                     cost=cost,
                                     mem=8.0 * L * D * D * (2 if mode == "gia" else 1),
-                                    label=f"depth-mup {mode} (dataset {i}, L={L}, D={D})",
+                                    label=f"depth-mup {mode} (dataset {names[i]}, L={L}, D={D})",
                                 )
                             )
         return runs
