@@ -135,9 +135,9 @@ class MeanFieldSpec(SpecBase):
     def _data_on_disk(self) -> MeanFieldSpec:
         """Fail at spec time (one line naming data.dir) when CIFAR is requested but not on disk."""
         if "train" in self.roles and self.data.kind != "digits":
-            from ..training.cifar import _locate, _locate100
+            from ..training.cifar import SETS, _locate
 
-            (_locate if self.data.kind == "cifar10" else _locate100)(self.data.dir or None)
+            _locate(self.data.dir or None, SETS[self.data.kind])
         return self
 
 
