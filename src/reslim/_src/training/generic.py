@@ -30,8 +30,8 @@ from ..models.resnet import ResNet
 from ..scaling.parameterization import optimizer_family
 from .data import Dataset
 from .divergence import DIVERGENCE_FACTOR, blowup_bound, check_divergence_factor
-from .trainer import LOSSES, OPTIMIZERS, threads
-from .trajectory import RECORDABLE, Trajectory
+from .trainer import check_options, threads
+from .trajectory import Trajectory
 
 #: ``forward(params, X) -> y``: one network's outputs ``(..., N, d_out)`` from its parameters
 #: (a dict of unbatched tensors) and inputs ``X`` (N, ...).
@@ -96,17 +96,6 @@ class _Optimizer:
             p.add_((m / denom).mul_(-lr / c1))
 
 
-def _check(steps, optimizer, loss, batch_size, data: Dataset) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if batch_size is not None and (batch_size <= 0 or batch_size > data.N):
-        raise ValueError(f"batch_size must be in 1..{data.N}, got {batch_size}")
-
-
 def train_batched(
     forward: Forward,
     params: Mapping[str, torch.Tensor],
@@ -141,12 +130,8 @@ def train_batched(
     ``param_callback(k, params)`` sees the stacked parameters at every recorded step ``k``
     (after ``k`` updates; read them, do not change them).
     """
-    _check(steps, optimizer, loss, batch_size, data)
+    record = check_options(steps, optimizer, loss, batch_size, record, data)
     factor = check_divergence_factor(divergence_factor)
-    record = set(record) | {"loss"}
-    unknown = record - set(RECORDABLE) - {"test_loss"}
-    if unknown:
-        raise ValueError(f"cannot record {sorted(unknown)}; choose from {RECORDABLE + ('test_loss',)}")
     needs_states = record & {"h_last", "hidden", "pre"}
     if needs_states and states is None:
         raise ValueError(f"recording {sorted(needs_states)} needs a states function")

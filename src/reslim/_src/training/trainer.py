@@ -273,23 +273,31 @@ def train(
                       low_rank=low_rank, factor=factor)
 
 
-def _train(model, data, *, steps, lr, optimizer, loss, batch_size, record, gia, data_seed,
-           adam_betas, adam_eps, callback, low_rank, factor) -> Trajectory:
+def check_options(steps, optimizer: str, loss: str, batch_size: int | None, record: Iterable[str],
+                  data: Dataset) -> set[str]:
+    """The checks every trainer makes of its options (one-line ValueErrors naming the option);
+    returns what to record (always with ``loss``)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    record = set(record) | {"loss"}
-    unknown = record - set(RECORDABLE) - {"test_loss"}
+    wanted = set(record) | {"loss"}
+    unknown = wanted - set(RECORDABLE) - {"test_loss"}
     if unknown:
         raise ValueError(f"cannot record {sorted(unknown)}; choose from {RECORDABLE + ('test_loss',)}")
+    if batch_size is not None and (batch_size <= 0 or batch_size > data.N):
+        raise ValueError(f"batch_size must be in 1..{data.N}, got {batch_size}")
+    return wanted
+
+
+def _train(model, data, *, steps, lr, optimizer, loss, batch_size, record, gia, data_seed,
+           adam_betas, adam_eps, callback, low_rank, factor) -> Trajectory:
+    record = check_options(steps, optimizer, loss, batch_size, record, data)
     if data.d_in != model.d_in or data.d_out != model.d_out:
         raise ValueError(f"data has (d_in, d_out) = ({data.d_in}, {data.d_out}), the network "
                          f"({model.d_in}, {model.d_out})")
-    if batch_size is not None and (batch_size <= 0 or batch_size > data.N):
-        raise ValueError(f"batch_size must be in 1..{data.N}, got {batch_size}")
     if optimizer == "sgd" and batch_size is None:
         batch_size = data.N
 
