@@ -26,7 +26,7 @@ from ..training.divergence import divergence_steps
 from ..training.trainer import train
 from ..training.trajectory import Trajectory
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .runs import RunConfig
+from .runs import RunConfig, run_seed
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 ROLES: tuple[Literal["embedding", "output"], ...] = ("embedding", "output")
@@ -187,10 +187,6 @@ class ConvergenceSpec(SpecBase):
         return ref.shape[2] if isinstance(ref, NetworkReference) else max(self.grid.D)
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
 _ROLE_ID = {"reference": 0, "embedding": 1, "output": 2, "embedding-twin": 3, "output-twin": 4}
 
 
@@ -267,8 +263,9 @@ class Convergence(ExperimentKind[ConvergenceSpec]):
         ref = spec.reference.model_dump(mode="json", exclude={"floor"})
         runs = []
         for rep in range(spec.repetitions):
-            fields = (*self.common(spec), "reference", ref, rep, _seed(spec.seed, _ROLE_ID["reference"], rep),
-                      _seed(spec.seed, 99, rep), spec.embed_dim_max)
+            seed = run_seed(spec.seed, _ROLE_ID["reference"], rep)
+            fields = (*self.common(spec), "reference", ref, rep, seed, run_seed(spec.seed, 99, rep),
+                      spec.embed_dim_max)
             config: ReferenceConfig
             if isinstance(spec.reference, NetworkReference):
                 config = NetworkReferenceConfig(*fields, shape=list(spec.reference.shape))
@@ -293,8 +290,8 @@ class Convergence(ExperimentKind[ConvergenceSpec]):
                 for rep in range(spec.repetitions):
                     coupled = role == "embedding"
                     config = GridConfig(*self.common(spec), r, [L, M, D], rep,
-                                        seed=_seed(spec.seed, _ROLE_ID[r], L, M, D, rep),
-                                        embed_seed=_seed(spec.seed, 99, rep) if coupled else None,
+                                        seed=run_seed(spec.seed, _ROLE_ID[r], L, M, D, rep),
+                                        embed_seed=run_seed(spec.seed, 99, rep) if coupled else None,
                                         embed_dim_max=spec.embed_dim_max if coupled else None,
                                         reference_key=ref_keys[rep], store_h_last=spec.store_h_last)
                     runs.append(self._run(config, stage=1))

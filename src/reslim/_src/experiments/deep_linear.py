@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .runs import RunConfig
+from .runs import RunConfig, run_seed
 from .spec import SpecBase, StrictModel
 
 QQ_PROBS = np.linspace(0.005, 0.995, 199)
@@ -106,10 +106,6 @@ class DeepLinearSpec(SpecBase):
         if "law" in self.roles and min(self.L) < 2:
             raise ValueError("L: the law runs need L >= 2 (a wide layer)")
         return self
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 def make_data(c: DeepLinearDataSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +222,7 @@ class DeepLinear(ExperimentKind[DeepLinearSpec]):
             for L in spec.L:
                 for N in spec.N:
                     for r in range(spec.repetitions):
-                        seed = _seed(spec.seed, 1, L, N, r)
+                        seed = run_seed(spec.seed, 1, L, N, r)
                         cfg = FiniteConfig(*self.common(spec), "finite", L, N, r, seed)
                         runs.append(self._run(cfg, cost=4.0 * L * N * N * (d + k) * K + 1e5,
                                               mem=8.0 * (L * N * N + 4 * N * d),
@@ -235,7 +231,7 @@ class DeepLinear(ExperimentKind[DeepLinearSpec]):
             N = spec.law.N
             for L in spec.L:
                 for r in range(spec.repetitions):
-                    seed = _seed(spec.seed, 2, L, N, r)
+                    seed = run_seed(spec.seed, 2, L, N, r)
                     cfg = LawConfig(*self.common(spec), "law", L, N, r, seed, spec.law)
                     runs.append(self._run(cfg, cost=4.0 * L * N * N * (d + k) * K + 8.0 * L * N**3 * len(
                         spec.law.steps), mem=8.0 * 2 * L * N * N, label=f"law (L={L}, N={N})"))

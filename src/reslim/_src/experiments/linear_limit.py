@@ -38,7 +38,7 @@ from ..scaling.shapes import Shape
 from ..training.data import linear_teacher
 from ..training.trainer import train
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
-from .runs import RunConfig
+from .runs import RunConfig, run_seed
 from .spec import GDTrainSpec, GridSpec, ParamSpec, SpecBase, StrictModel
 
 #: docs/theory.md §3.2: err^2 = 0.673 D/(M L) + 0.437/D (embedding), 0.0265 (D/(M L))^2 + 0.25/D (output)
@@ -154,10 +154,6 @@ class LinearLimitSpec(TriangleSpecBase):
             L, M, D = self.figures.shape
             return int(L), int(M), int(D)
         return max(self.grid.L), max(self.grid.M), max(self.grid.D)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 def _jsonable(x):
@@ -296,20 +292,20 @@ class LinearLimit(ExperimentKind[Any]):  # Any: NonlinearLimit reuses it with it
     def expand(self, spec: LinearLimitSpec) -> list[Run]:
         runs = []
         R, R_gap = spec.repetitions, self.gap_repetitions(spec)
-        emb = [_seed(spec.seed, 99, r) for r in range(max(R, R_gap))]
+        emb = [run_seed(spec.seed, 99, r) for r in range(max(R, R_gap))]
         config: LimitConfig
         if "finite" in spec.roles:
             for L, M, D in (s.as_tuple() for s in spec.grid.shapes()):
                 for r in range(R):
                     config = self.finite_config(**self.common(spec), role="finite", shape=[L, M, D], rep=r,
-                                                seed=_seed(spec.seed, 1, L, M, D, r), embed_seed=emb[r],
+                                                seed=run_seed(spec.seed, 1, L, M, D, r), embed_seed=emb[r],
                                                 **self.finite_extra(spec, (L, M, D)))
                     runs.append(self._run(config))
         if "limit-gap" in spec.roles:
             for D in spec.limit_D:
                 for r in range(R_gap):
                     config = self.gap_config(**self.common(spec), role="limit-gap", D=D, rep=r,
-                                             seed=_seed(spec.seed, 2, D, r), embed_seed=emb[r])
+                                             seed=run_seed(spec.seed, 2, D, r), embed_seed=emb[r])
                     runs.append(self._run(config))
         return runs
 

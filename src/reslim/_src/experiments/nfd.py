@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .runs import run_seed
 from .spec import SpecBase, StrictModel
 
 Sweep = Literal["width", "depth", "joint", "mup"]
@@ -113,10 +114,6 @@ class NFDSpec(SpecBase):
         return self
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
 def make_data(c: dict[str, Any]) -> dict[str, np.ndarray]:
     """``X, Y, X_test, Y_test`` of a dataset config (rows of X scaled to norm ``x_norm``)."""
     P, Pt = c["P"], c["P_test"]
@@ -152,6 +149,17 @@ def problem(c: dict[str, Any]):
     return NFDProblem(d["X"], d["Y"], steps=tr["steps"], lr=tr["lr"], optimizer=tr["optimizer"],
                       batch_size=tr["batch_size"], data_seed=tr["data_seed"], loss=tr["loss"],
                       activation=c["activation"], X_test=d["X_test"], Y_test=d["Y_test"])
+
+
+def finite_run(kind: str, cfg: dict[str, Any], P: int, K: int, label: str, flops: float = 6.0) -> Run:
+    """The :class:`Run` of one finite network of an NFD kind's grid: batched with the runs that
+    differ from it only in ``rep`` and ``seed``; cost ``flops L D^2 P K`` (three times that in GIA
+    mode, which also runs the backward weights), memory that of its block weights."""
+    L, D, gia = cfg["L"], cfg["D"], cfg["gia"]
+    batch = {k: v for k, v in cfg.items() if k not in ("rep", "seed")}
+    cost = flops * L * D * D * P * K * (3 if gia else 1) + 1e5
+    return Run(kind, cfg, group=run_key(batch), stage=1, cost=cost, mem=8.0 * L * D * D * (2 if gia else 1),
+               label=label)
 
 
 def train_finite(runs: list[Run], record: tuple[str, ...] = ("loss",), test: bool = False):
@@ -243,12 +251,9 @@ class NFDExperiment(ExperimentKind):
             for param, mode, L, D in cells(spec):
                 for r in range(spec.repetitions):
                     cfg = {**base, "role": "finite", "dataset": i, "param": param, "gia": mode == "gia",
-                           "L": L, "D": D, "rep": r, "seed": _seed(spec.seed, i, L, D, r)}
-                    batch = {k: v for k, v in cfg.items() if k not in ("rep", "seed")}
-                    cost = 4.0 * L * D * D * data.P * K * (3 if mode == "gia" else 1) + 1e5
-                    runs.append(Run(self.name, cfg, group=run_key(batch), stage=1, cost=cost,
-                                    mem=8.0 * L * D * D * (2 if mode == "gia" else 1),
-                                    label=f"{param} {mode} (dataset {names[i]}, L={L}, D={D})"))
+                           "L": L, "D": D, "rep": r, "seed": run_seed(spec.seed, i, L, D, r)}
+                    runs.append(finite_run(self.name, cfg, data.P, K, flops=4.0,
+                                           label=f"{param} {mode} (dataset {names[i]}, L={L}, D={D})"))
         return runs
 
     def execute(self, runs: list[Run]) -> list[RunResult]:

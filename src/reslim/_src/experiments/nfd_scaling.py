@@ -18,16 +18,12 @@ import math
 import time
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from .nfd import LIMIT_OF, MODES, NFDDataSpec, NFDSolverSpec, NFDTrainSpec, problem, train_finite
+from .nfd import LIMIT_OF, MODES, NFDDataSpec, NFDSolverSpec, NFDTrainSpec, finite_run, problem, train_finite
 from .registry import ExperimentKind, Run, RunResult, register_experiment, run_key
+from .runs import run_seed
 from .spec import SpecBase, StrictModel
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
 class NFDScalingAnalysisSpec(StrictModel):
@@ -127,21 +123,10 @@ class NFDScaling(ExperimentKind[NFDScalingSpec]):
                                 "L": L,
                                 "D": D,
                                 "rep": r,
-                                "seed": _seed(spec.seed, i, L, D, r),
+                                "seed": run_seed(spec.seed, i, L, D, r),
                             }
-                            batch = {k: v for k, v in cfg.items() if k not in ("rep", "seed")}
-                            cost = 6.0 * L * D * D * data.P * K * (3 if mode == "gia" else 1) + 1e5
-                            runs.append(
-                                Run(
-                                    self.name,
-                                    cfg,
-                                    group=run_key(batch),
-                                    stage=1,
-                                    cost=cost,
-                                    mem=8.0 * L * D * D * (2 if mode == "gia" else 1),
-                                    label=f"depth-mup {mode} (dataset {names[i]}, L={L}, D={D})",
-                                )
-                            )
+                            label = f"depth-mup {mode} (dataset {names[i]}, L={L}, D={D})"
+                            runs.append(finite_run(self.name, cfg, data.P, K, label))
         return runs
 
     def execute(self, runs: list[Run]) -> list[RunResult]:

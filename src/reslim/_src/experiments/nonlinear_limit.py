@@ -53,10 +53,10 @@ from .linear_limit import (
     TriangleSpecBase,
     _divergence,
     _jsonable,
-    _seed,
     effective_embeddings,
 )
 from .registry import RunResult, register_experiment, run_key
+from .runs import run_seed
 from .spec import GDTrainSpec, StrictModel
 
 Size = PositiveInt
@@ -161,7 +161,7 @@ def _scramble_limits(c: NonlinearConfig, large: bool) -> list:
     lim = c.limit
     cls = LargeDLimit if large else MeanODE
     per = lim.samples // lim.replicas
-    return [cls(S=lim.S, method="sampled", samples=per, replicas=1, seed=_seed(lim.seed, 7, j),
+    return [cls(S=lim.S, method="sampled", samples=per, replicas=1, seed=run_seed(lim.seed, 7, j),
                 device=lim.device, record_hidden=False) for j in range(lim.replicas)]
 
 

@@ -108,3 +108,9 @@ class RunConfig:
 
 def _plain(v: Any) -> Any:
     return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+
+
+def run_seed(*parts: int) -> int:
+    """A run's seed derived from the spec's seed and the run's coordinates (NumPy SeedSequence of
+    the parts, 32 bits each): distinct coordinates give independent streams."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
