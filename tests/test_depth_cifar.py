@@ -125,7 +125,7 @@ def test_cifar_spec_fails_before_running(tmp_path):
     _fake_cifar(tmp_path / "ok")
     spec = load_spec("transfer", [f'datasets=[{{kind="cifar10", dir="{tmp_path / "ok"}", n_train=8, '
                                   'n_test=4}]'])
-    from reslim._src.experiments.depth_experiments import load_data
+    from reslim._src.experiments.depth import load_data
 
     ds = load_data(spec.datasets[0].model_dump())
     assert ds.X.shape == (8, 192)

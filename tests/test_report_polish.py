@@ -135,7 +135,7 @@ def test_cached_rerun_does_not_analyse(tiny, monkeypatch):
 def test_depth_figures_titled_labelled_guided_and_finite():
     import matplotlib.pyplot as plt
 
-    from reslim._src.experiments.depth_experiments import plot_vs_depth
+    from reslim._src.report.depth import plot_vs_depth
 
     rows = [{"optimizer": "sgd", "correction": 0.0, "L": L, "seed": s,
              "dp_own": (np.inf if (L == 8 and s == 1) else L ** -0.5), "dh": 1.0}
