@@ -122,8 +122,7 @@ def update_metrics(model: ResNet, data: Dataset, *, lr: float, optimizer: str, s
     # K steps from the same initialisation (Adam's moments start afresh)
     tk = train(model, data, steps=steps, lr=lr, optimizer=optimizer, loss=loss, batch_size=batch_size,
                record=("loss", "outputs"), data_seed=data_seed)
-    y = tk.outputs  # (K+1, B, N, d_out)
-    assert y is not None  # recorded above
+    y = tk.require("outputs")  # (K+1, B, N, d_out)
     with np.errstate(invalid="ignore"):
         out["df_step"] = np.sqrt(np.mean((y[1:] - y[:-1]) ** 2, axis=(0, 2, 3)))
     out["dp_own_K"] = feature_updates(model, U0, cache0, X)["dp_own"].mean(axis=1)

@@ -271,8 +271,7 @@ class NFDExperiment(ExperimentKind):
                         dtype=c["dtype"], coupling=c["coupling"]).solve(problem(c))
         m = traj.meta
         div = int(traj.diverged_at[0])
-        assert traj.outputs is not None
-        arrays = {"outputs": traj.outputs[:, 0], "output_stderr": m["output_stderr"][:, 0],
+        arrays = {"outputs": traj.require("outputs")[:, 0], "output_stderr": m["output_stderr"][:, 0],
                   "replica_outputs": m["replica_outputs"]}
         if "test_outputs" in m:
             arrays["test_outputs"] = m["test_outputs"][:, 0]
@@ -284,14 +283,14 @@ class NFDExperiment(ExperimentKind):
 
     def _finite(self, runs: list[Run]) -> list[RunResult]:
         traj, seconds = train_finite(runs, record=("loss", "outputs"), test=True)
-        assert traj.outputs is not None
+        y = traj.require("outputs")
         out = []
         for b, run in enumerate(runs):
             div = int(traj.diverged_at[b])
             metrics = {"loss": _list(traj.loss[:, b]), "diverged_at": div,
                        "test_loss": None if traj.test_loss is None else _list(traj.test_loss[:, b])}
             out.append(RunResult(run.key, "diverged" if div >= 0 else "done", metrics,
-                                 {"outputs": traj.outputs[:, b]}, seconds=seconds))
+                                 {"outputs": y[:, b]}, seconds=seconds))
         return out
 
 

@@ -141,14 +141,12 @@ class TransformerConvergence(ExperimentKind[TransformerConvergenceSpec]):
         with threads(1):
             t0 = time.perf_counter()
             ref = train_modules([_net(c0, *c0.reference)], data, steps=c0.steps, lr=c0.lr, loss="mean")
-            assert ref.outputs is not None
-            y_ref = ref.outputs[:, 0]
+            y_ref = ref.require("outputs")[:, 0]
             out = []
             for run, c in zip(runs, configs, strict=True):
                 t = train_modules([_net(c, c.L, c.M, c.D)], data, steps=c.steps, lr=c.lr, loss="mean")
-                assert t.outputs is not None
                 diverged = bool(t.diverged[0]) or bool(ref.diverged[0])
-                err = float(np.sqrt(np.mean((t.outputs[:, 0] - y_ref) ** 2)))
+                err = float(np.sqrt(np.mean((t.require("outputs")[:, 0] - y_ref) ** 2)))
                 metrics = {"error": None if diverged or not math.isfinite(err) else err,
                            "loss_final": None if diverged else float(t.loss[-1, 0])}
                 out.append(RunResult(run.key, "diverged" if diverged else "done", metrics,
